@@ -1,0 +1,136 @@
+"""Type stubs for ferrosock's Rust engine (``ferrosock._engine``).
+
+The engine owns every socket. Python sees four kinds of object:
+
+* ``Server`` — listener, HTTP/1.1, WebSocket upgrades, the ready queue the event loop drains.
+* ``Connection`` — one WebSocket, before and after the handshake is accepted.
+* ``HttpRequest`` — one HTTP request, answered once with ``respond``.
+* ``Registry`` — the native broadcast registry behind ``ferrosock.ConnectionManager``.
+
+Awaitables returned by ``Connection`` methods finish on their first step when no wait is
+needed (data already in the inbox, room in the outbox); only a real wait parks on a loop
+future.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+RouteKind = Literal["websocket", "http"]
+
+class Server:
+    def __init__(
+        self,
+        routes: list[tuple[str, RouteKind, list[str], int]],
+        on_websocket: Callable[[int, Connection], None],
+        on_http: Callable[[int, HttpRequest], None],
+        on_log: Callable[[int, str], None],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        backlog: int = 2048,
+        reuse_port: bool = False,
+        ws_max_size: int = 1 << 20,
+        ws_ping_interval: float | None = 20.0,
+        ws_ping_timeout: float | None = 20.0,
+        max_connections: int | None = None,
+        allowed_origins: list[str] | None = None,
+        outbox_limit: int = 1 << 20,
+        inbox_capacity: int = 64,
+        http_max_body: int = 1 << 20,
+        io_threads: int | None = None,
+    ) -> None:
+        """``routes``: ``(path template, kind, HTTP methods, route id)``; templates use
+        ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
+        the event-loop thread (from ``drain``) with the route id and the new object;
+        ``on_log`` with a ``logging`` level and a message the IO threads produced."""
+    def start(self, create_future: Callable[[], Any]) -> None:
+        """Bind and start serving. ``create_future`` is the running loop's
+        ``create_future``; it is called only when an awaitable must park."""
+    @property
+    def port(self) -> int: ...
+    @property
+    def ready_fd(self) -> int:
+        """The eventfd the loop watches with ``add_reader(ready_fd, drain)``."""
+    def drain(self) -> None:
+        """Run every ready event: new connections and requests, wake-ups of parked awaitables,
+        log lines. Call on the loop thread only."""
+    def shutdown(self, code: int = 1001, reason: str = "server shutdown") -> None:
+        """Stop accepting; close every open WebSocket with ``code``."""
+    def connection_count(self) -> int: ...
+
+class Connection:
+    id: int
+    route_id: int
+    path: str
+    query_string: str
+    scheme: str
+    headers: list[tuple[str, str]]
+    client: tuple[str, int]
+    server: tuple[str, int]
+    path_params: dict[str, str]
+    subprotocols: list[str]
+    @property
+    def subprotocol(self) -> str | None: ...
+    @property
+    def client_state(self) -> int:
+        """Starlette's ``WebSocketState`` value: 0 connecting, 1 connected, 2 disconnected."""
+    @property
+    def application_state(self) -> int:
+        """0 connecting, 1 connected, 2 disconnected, 3 response (handshake refused)."""
+    @property
+    def latency(self) -> float | None:
+        """The last ping round-trip in seconds, once a pong has come back."""
+    @property
+    def close_code(self) -> int | None: ...
+    def accept(
+        self, subprotocol: str | None = None, headers: list[tuple[str, str]] | None = None
+    ) -> Awaitable[None]: ...
+    def reject(self, status: int = 403) -> None:
+        """Refuse the handshake with an HTTP status (before ``accept`` only)."""
+    def receive(self) -> Awaitable[dict[str, Any]]:
+        """An ASGI-style message: ``{"type": "websocket.receive", "text"|"bytes": ...}`` or
+        ``{"type": "websocket.disconnect", "code": int, "reason": str}``."""
+    def receive_text(self) -> Awaitable[str]:
+        """Raises ``WebSocketDisconnect`` when the connection has ended."""
+    def receive_bytes(self) -> Awaitable[bytes]: ...
+    def send_text(self, data: str) -> Awaitable[None]:
+        """Raises ``WebSocketDisconnect`` when the connection has ended."""
+    def send_bytes(self, data: bytes | bytearray | memoryview) -> Awaitable[None]: ...
+    def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]: ...
+
+class HttpRequest:
+    route_id: int
+    method: str
+    path: str
+    query_string: str
+    scheme: str
+    headers: list[tuple[str, str]]
+    client: tuple[str, int]
+    server: tuple[str, int]
+    path_params: dict[str, str]
+    body: bytes
+    def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+
+class Registry:
+    def __init__(self, *, slow_consumer: Literal["close", "drop"] = "close") -> None: ...
+    def add(self, conn: Connection) -> None: ...
+    def remove(self, conn: Connection) -> None: ...
+    def join(self, conn: Connection, room: str) -> None: ...
+    def leave(self, conn: Connection, room: str) -> None: ...
+    def broadcast_text(
+        self, data: str, room: str | None = None, exclude: Connection | None = None
+    ) -> None: ...
+    def broadcast_bytes(
+        self, data: bytes, room: str | None = None, exclude: Connection | None = None
+    ) -> None: ...
+    def send_text_to(self, conn_id: int, data: str) -> bool: ...
+    def send_bytes_to(self, conn_id: int, data: bytes) -> bool: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, conn: Connection) -> bool: ...
+    def rooms(self) -> list[str]: ...
+    def members(self, room: str) -> list[int]: ...
+    def stats(self) -> dict[str, int]: ...
+
+def stats() -> dict[str, int]:
+    """Process-wide bridge counters: ``futures_created`` (parks), ``fast_completions``,
+    ``wakeups`` (eventfd writes), ``drains``, ``events``, ``yields``."""
