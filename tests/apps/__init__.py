@@ -1,0 +1,1 @@
+"""Small ferrosock apps the core tests run in a server subprocess."""

@@ -1,0 +1,93 @@
+"""Malformed handshakes and frames are answered by the engine with the RFC 6455 codes."""
+
+import pytest
+from core_support import (
+    OPCODE_BINARY,
+    OPCODE_TEXT,
+    RawWebSocket,
+    close_code_after_recv,
+    handshake_headers,
+    raw_handshake,
+    recv,
+)
+from websockets.asyncio.client import connect
+
+MAX_SIZE = 65536
+
+
+@pytest.fixture(scope="module")
+def small_max_size_server(start_server_module):
+    return start_server_module("apps.core:app", "--ws-max-size", str(MAX_SIZE))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"Sec-WebSocket-Key": None}, id="missing-key"),
+        pytest.param({"Sec-WebSocket-Version": "8"}, id="bad-version"),
+        pytest.param({"Sec-WebSocket-Version": None}, id="missing-version"),
+    ],
+)
+async def test_malformed_handshake_is_400(core_server, overrides):
+    headers = handshake_headers("/echo", core_server.port, **overrides)
+    response = await raw_handshake(core_server.port, "/echo", headers)
+    assert response.status == 400
+
+
+async def test_valid_raw_handshake_is_accepted_and_echoes(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        await raw.send_frame(OPCODE_TEXT, "raw héllo".encode())
+        frame = await raw.read_frame()
+        assert (frame.opcode, frame.payload) == (OPCODE_TEXT, "raw héllo".encode())
+    finally:
+        await raw.aclose()
+
+
+async def test_invalid_utf8_in_text_frame_closes_with_1007(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        await raw.send_frame(OPCODE_TEXT, b"ok \xff\xfe not utf-8")
+        assert (await raw.close_frame()).close_code == 1007
+    finally:
+        await raw.aclose()
+
+
+async def test_unmasked_client_frame_closes_with_1002(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        await raw.send_frame(OPCODE_TEXT, b"unmasked", masked=False)
+        assert (await raw.close_frame()).close_code == 1002
+    finally:
+        await raw.aclose()
+
+
+async def test_unknown_opcode_closes_with_1002(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        await raw.send_frame(0x3, b"reserved opcode")
+        assert (await raw.close_frame()).close_code == 1002
+    finally:
+        await raw.aclose()
+
+
+async def test_message_within_max_size_is_echoed(small_max_size_server):
+    message = "y" * (MAX_SIZE - 1024)
+    async with connect(small_max_size_server.ws_url("/echo"), open_timeout=10) as websocket:
+        await websocket.send(message)
+        assert await recv(websocket) == message
+
+
+async def test_message_over_max_size_closes_with_1009(small_max_size_server):
+    async with connect(small_max_size_server.ws_url("/echo"), open_timeout=10) as websocket:
+        await websocket.send("z" * (70 * 1024))
+        assert await close_code_after_recv(websocket) == 1009
+
+
+async def test_binary_message_over_max_size_closes_with_1009(small_max_size_server):
+    raw = await RawWebSocket.open(small_max_size_server.port, "/echo")
+    try:
+        await raw.send_frame(OPCODE_BINARY, bytes(MAX_SIZE + 1))
+        assert (await raw.close_frame()).close_code == 1009
+    finally:
+        await raw.aclose()
