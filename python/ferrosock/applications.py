@@ -1,0 +1,179 @@
+"""``App``: the application object, as FastAPI's ``FastAPI`` (also importable by that name).
+
+It holds the routes (``app.router``), ``app.state``, ``app.dependency_overrides``, the
+lifespan, and the server settings given as keywords (``App(port=9000,
+ws_ping_interval=10)``), which ``ferrosock.run`` and the CLI read from ``app.settings``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from ferrosock.datastructures import State
+from ferrosock.params import Depends
+from ferrosock.responses import JSONResponse, Response
+from ferrosock.routing import APIRoute, APIRouter, Endpoint, Route, WebSocketRoute
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+LifecycleHandler = Callable[[], Any]
+
+
+class App:
+    def __init__(
+        self,
+        *,
+        lifespan: Lifespan | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        routes: Sequence[Route] | None = None,
+        on_startup: Sequence[LifecycleHandler] | None = None,
+        on_shutdown: Sequence[LifecycleHandler] | None = None,
+        title: str = "ferrosock",
+        description: str = "",
+        version: str = "0.1.0",
+        **settings: Any,
+    ) -> None:
+        self.router = APIRouter(dependencies=dependencies, routes=routes)
+        self.state = State()
+        self.dependency_overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self.settings: dict[str, Any] = dict(settings)
+        self.title = title
+        self.description = description
+        self.version = version
+        self.on_startup: list[LifecycleHandler] = list(on_startup or [])
+        self.on_shutdown: list[LifecycleHandler] = list(on_shutdown or [])
+        if lifespan is not None and inspect.isasyncgenfunction(lifespan):
+            # Starlette also takes a bare async generator function.
+            lifespan = asynccontextmanager(lifespan)
+        self._lifespan = lifespan
+
+    @property
+    def routes(self) -> list[Route]:
+        return self.router.routes
+
+    def lifespan_context(self, app: Any) -> AbstractAsyncContextManager[Any]:
+        """The server enters this before serving and leaves it after the last connection:
+        ``on_startup`` handlers, then the ``lifespan`` up to its ``yield``; on the way out
+        the rest of the ``lifespan``, then ``on_shutdown`` handlers."""
+        return self._run_lifespan(app)
+
+    @asynccontextmanager
+    async def _run_lifespan(self, app: Any) -> AsyncIterator[Any]:
+        for handler in self.on_startup:
+            await _call_lifecycle_handler(handler)
+        try:
+            if self._lifespan is None:
+                yield None
+            else:
+                async with self._lifespan(app) as state:
+                    yield state
+        finally:
+            for handler in self.on_shutdown:
+                await _call_lifecycle_handler(handler)
+
+    def on_event(self, event_type: str) -> Callable[[Endpoint], Endpoint]:
+        """``@app.on_event("startup")`` / ``("shutdown")``, as FastAPI (which prefers
+        ``lifespan`` now; both work here)."""
+        handlers = {"startup": self.on_startup, "shutdown": self.on_shutdown}
+        if event_type not in handlers:
+            raise ValueError(f"unknown event {event_type!r}; use 'startup' or 'shutdown'")
+
+        def register(handler: Endpoint) -> Endpoint:
+            handlers[event_type].append(handler)
+            return handler
+
+        return register
+
+    # -- Delegated to the router ----------------------------------------------------------
+
+    def websocket(
+        self, path: str, name: str | None = None, *, dependencies: Sequence[Depends] | None = None
+    ) -> Callable[[Endpoint], Endpoint]:
+        return self.router.websocket(path, name, dependencies=dependencies)
+
+    def add_api_websocket_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Awaitable[None]],
+        name: str | None = None,
+        *,
+        dependencies: Sequence[Depends] | None = None,
+    ) -> WebSocketRoute:
+        return self.router.add_api_websocket_route(path, endpoint, name, dependencies=dependencies)
+
+    def websocket_route(self, path: str, name: str | None = None) -> Callable[[Endpoint], Endpoint]:
+        return self.router.websocket_route(path, name)
+
+    def add_websocket_route(
+        self, path: str, endpoint: Callable[..., Awaitable[None]], name: str | None = None
+    ) -> WebSocketRoute:
+        return self.router.add_websocket_route(path, endpoint, name)
+
+    def api_route(
+        self,
+        path: str,
+        *,
+        methods: Sequence[str] | None = None,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        status_code: int | None = None,
+        response_class: type[Response] = JSONResponse,
+        tags: Sequence[str] | None = None,
+    ) -> Callable[[Endpoint], Endpoint]:
+        return self.router.api_route(
+            path,
+            methods=methods,
+            name=name,
+            dependencies=dependencies,
+            status_code=status_code,
+            response_class=response_class,
+            tags=tags,
+        )
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **options: Any) -> APIRoute:
+        return self.router.add_api_route(path, endpoint, **options)
+
+    def get(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.get(path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.post(path, **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.put(path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.delete(path, **options)
+
+    def patch(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.patch(path, **options)
+
+    def head(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.head(path, **options)
+
+    def options(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.router.options(path, **options)
+
+    def include_router(
+        self,
+        router: APIRouter,
+        *,
+        prefix: str = "",
+        dependencies: Sequence[Depends] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> None:
+        self.router.include_router(router, prefix=prefix, dependencies=dependencies, tags=tags)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(routes={len(self.routes)})"
+
+
+FastAPI = App
+
+
+async def _call_lifecycle_handler(handler: LifecycleHandler) -> None:
+    result = handler()
+    if inspect.isawaitable(result):
+        await result

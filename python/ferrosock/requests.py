@@ -1,0 +1,66 @@
+"""``Request``: what an HTTP route's handler sees, as Starlette's ``Request``.
+
+Built by the server for each HTTP request around the engine's ``HttpRequest``; every
+part is parsed on first use only.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from ferrosock.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
+
+if TYPE_CHECKING:
+    from ferrosock import _engine
+
+
+class Request:
+    def __init__(self, http_request: _engine.HttpRequest, app: Any) -> None:
+        self._http_request = http_request
+        self.app = app
+
+    @property
+    def method(self) -> str:
+        return self._http_request.method
+
+    @cached_property
+    def url(self) -> URL:
+        request = self._http_request
+        return URL.from_parts(
+            request.scheme, self.headers, request.server, request.path, request.query_string
+        )
+
+    @cached_property
+    def headers(self) -> Headers:
+        return Headers(self._http_request.headers)
+
+    @cached_property
+    def query_params(self) -> QueryParams:
+        return QueryParams(self._http_request.query_string)
+
+    @property
+    def path_params(self) -> dict[str, str]:
+        return self._http_request.path_params
+
+    @cached_property
+    def cookies(self) -> dict[str, str]:
+        return parse_cookies("; ".join(self.headers.getlist("cookie")))
+
+    @cached_property
+    def client(self) -> Address:
+        return Address(*self._http_request.client)
+
+    @cached_property
+    def state(self) -> State:
+        return State()
+
+    async def body(self) -> bytes:
+        return self._http_request.body
+
+    async def json(self) -> Any:
+        return json.loads(self._http_request.body)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.method} {self.url})"

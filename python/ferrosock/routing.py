@@ -1,0 +1,395 @@
+"""Routes and routers, as FastAPI's ``APIRouter``.
+
+A route is registered once: its path template is checked, its endpoint's signature is
+analysed into a call plan (``dependencies.py``), and the server compiles every route's
+template into its table at start-up. Per connection or request a route only runs its plan
+and calls its endpoint.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from typing import Any, Literal, TypeVar
+
+from ferrosock.dependencies import PlanBuilder, SolveContext, is_coroutine_callable
+from ferrosock.exceptions import HTTPException, RequestValidationError, WebSocketException
+from ferrosock.params import Depends
+from ferrosock.responses import JSONResponse, Response
+from ferrosock.status import WS_1008_POLICY_VIOLATION
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+# How each endpoint run ended: called with the connection (``WebSocket`` or ``Request``)
+# and the exception that escaped the endpoint, or ``None``. ``TestClient`` sets it so a
+# test sees the server's exceptions, as Starlette's test client does; nothing else needs it.
+endpoint_outcomes: ContextVar[Callable[[Any, BaseException | None], None] | None] = ContextVar(
+    "endpoint_outcomes", default=None
+)
+
+_PATH_PARAM = re.compile(r"\{([^{}]*)\}")
+_CLOSE_REASON_LIMIT = 123  # bytes: a close frame's payload is 125, two are the code
+
+
+def _path_param_names(path: str, endpoint: Callable[..., Any]) -> frozenset[str]:
+    if not path.startswith("/"):
+        raise ValueError(f"route path {path!r} for {_name_of(endpoint)} must start with '/'")
+    names = _PATH_PARAM.findall(path)
+    for name in names:
+        if not name.isidentifier():
+            raise ValueError(
+                f"route path {path!r} for {_name_of(endpoint)}: {{{name}}} is not a parameter "
+                "name; write {name} and give the parameter a type annotation to convert it"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"route path {path!r} for {_name_of(endpoint)} repeats a parameter")
+    return frozenset(names)
+
+
+def _check_prefix(prefix: str) -> None:
+    if prefix and not prefix.startswith("/"):
+        raise ValueError(f"a path prefix must start with '/', got {prefix!r}")
+    if prefix.endswith("/"):
+        raise ValueError(
+            f"a path prefix must not end with '/', as the routes start with '/': {prefix!r}"
+        )
+
+
+def _name_of(endpoint: Callable[..., Any]) -> str:
+    return getattr(endpoint, "__name__", type(endpoint).__name__)
+
+
+def _report_outcome(connection: Any, outcome: BaseException | None) -> None:
+    observe = endpoint_outcomes.get()
+    if observe is not None:
+        observe(connection, outcome)
+
+
+class WebSocketRoute:
+    """A WebSocket endpoint. Its parameters are solved from the handshake request before
+    the endpoint runs; a value that is missing or does not convert refuses the handshake
+    (``WebSocketException`` with 1008, as FastAPI). With ``connection_first`` the endpoint
+    is called as ``endpoint(websocket)``, Starlette's contract."""
+
+    kind: Literal["websocket"] = "websocket"
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Awaitable[None]],
+        *,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        connection_first: bool = False,
+    ) -> None:
+        if not is_coroutine_callable(endpoint):
+            raise TypeError(
+                f"websocket endpoint {_name_of(endpoint)} must be an async function "
+                "(async def), as it awaits the socket"
+            )
+        self.path = path
+        self.endpoint = endpoint
+        self.name = name or _name_of(endpoint)
+        self.dependencies = list(dependencies or [])
+        self.connection_first = connection_first
+        builder = PlanBuilder("websocket", _path_param_names(path, endpoint))
+        self.plan = builder.build(
+            endpoint, dependencies=self.dependencies, connection_first=connection_first
+        )
+
+    @property
+    def methods(self) -> list[str]:
+        return []
+
+    def copy_with(self, path: str, dependencies: Sequence[Depends]) -> WebSocketRoute:
+        return WebSocketRoute(
+            path,
+            self.endpoint,
+            name=self.name,
+            dependencies=dependencies,
+            connection_first=self.connection_first,
+        )
+
+    async def handle(self, websocket: Any) -> None:
+        outcome: BaseException | None = None
+        try:
+            await self._run(websocket)
+        except WebSocketException:
+            raise  # a deliberate refusal or close, not a failure
+        except Exception as exc:
+            outcome = exc
+            raise
+        finally:
+            _report_outcome(websocket, outcome)
+
+    async def _run(self, websocket: Any) -> None:
+        async with SolveContext(websocket) as ctx:
+            try:
+                kwargs = await self.plan.solve_or_raise(ctx)
+            except RequestValidationError as exc:
+                raise WebSocketException(
+                    code=WS_1008_POLICY_VIOLATION, reason=_close_reason(exc.errors)
+                ) from exc
+            await self.plan.invoke(kwargs, ctx)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, name={self.name!r})"
+
+
+class APIRoute:
+    """An HTTP endpoint. What it returns becomes the response: a ``Response`` as is,
+    anything else through ``response_class`` (JSON by default) with ``status_code``.
+    ``HTTPException`` answers ``{"detail": ...}`` with its status; parameters that are
+    missing or do not convert answer 422 with FastAPI's error list."""
+
+    kind: Literal["http"] = "http"
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: Sequence[str] | None = None,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        status_code: int | None = None,
+        response_class: type[Response] = JSONResponse,
+        tags: Sequence[str] | None = None,
+    ) -> None:
+        self.path = path
+        self.endpoint = endpoint
+        self.methods = list(dict.fromkeys(method.upper() for method in (methods or ["GET"])))
+        self.name = name or _name_of(endpoint)
+        self.dependencies = list(dependencies or [])
+        self.status_code = status_code
+        self.response_class = response_class
+        self.tags = list(tags or [])
+        builder = PlanBuilder("http", _path_param_names(path, endpoint))
+        self.plan = builder.build(endpoint, dependencies=self.dependencies)
+
+    def copy_with(self, path: str, dependencies: Sequence[Depends]) -> APIRoute:
+        return APIRoute(
+            path,
+            self.endpoint,
+            methods=self.methods,
+            name=self.name,
+            dependencies=dependencies,
+            status_code=self.status_code,
+            response_class=self.response_class,
+            tags=self.tags,
+        )
+
+    async def handle(self, request: Any) -> Response:
+        outcome: BaseException | None = None
+        try:
+            return await self._respond(request)
+        except Exception as exc:
+            outcome = exc
+            raise
+        finally:
+            _report_outcome(request, outcome)
+
+    async def _respond(self, request: Any) -> Response:
+        try:
+            async with SolveContext(request) as ctx:
+                kwargs = await self.plan.solve_or_raise(ctx)
+                result = await self.plan.invoke(kwargs, ctx)
+        except HTTPException as exc:
+            return _http_exception_response(exc)
+        except RequestValidationError as exc:
+            return JSONResponse({"detail": exc.errors}, status_code=422)
+        if isinstance(result, Response):
+            return result
+        if self.status_code in (204, 304):
+            return Response(status_code=self.status_code)
+        return self.response_class(result, status_code=self.status_code or 200)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, methods={self.methods!r})"
+
+
+Route = WebSocketRoute | APIRoute
+
+
+def _http_exception_response(exc: HTTPException) -> Response:
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail if exc.detail is not None else http.HTTPStatus(exc.status_code).phrase
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _close_reason(errors: list[dict[str, Any]]) -> str:
+    """A short, human-readable reason that fits in a close frame."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{location}: {error['msg']}")
+    reason = "; ".join(parts).encode("utf-8")[:_CLOSE_REASON_LIMIT]
+    return reason.decode("utf-8", errors="ignore")
+
+
+class APIRouter:
+    """A group of routes under a common ``prefix`` and ``dependencies``, to be included in
+    an app (or another router) with ``include_router``."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "",
+        dependencies: Sequence[Depends] | None = None,
+        tags: Sequence[str] | None = None,
+        routes: Sequence[Route] | None = None,
+    ) -> None:
+        _check_prefix(prefix)
+        self.prefix = prefix
+        self.dependencies = list(dependencies or [])
+        self.tags = list(tags or [])
+        self.routes: list[Route] = list(routes or [])
+
+    # -- WebSocket routes ---------------------------------------------------------------
+
+    def add_api_websocket_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Awaitable[None]],
+        name: str | None = None,
+        *,
+        dependencies: Sequence[Depends] | None = None,
+    ) -> WebSocketRoute:
+        route = WebSocketRoute(
+            self.prefix + path,
+            endpoint,
+            name=name,
+            dependencies=[*self.dependencies, *(dependencies or [])],
+        )
+        self.routes.append(route)
+        return route
+
+    def websocket(
+        self, path: str, name: str | None = None, *, dependencies: Sequence[Depends] | None = None
+    ) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            self.add_api_websocket_route(path, endpoint, name, dependencies=dependencies)
+            return endpoint
+
+        return register
+
+    def add_websocket_route(
+        self, path: str, endpoint: Callable[..., Awaitable[None]], name: str | None = None
+    ) -> WebSocketRoute:
+        """Starlette's form: the endpoint is called as ``endpoint(websocket)``."""
+        route = WebSocketRoute(
+            self.prefix + path,
+            endpoint,
+            name=name,
+            dependencies=self.dependencies,
+            connection_first=True,
+        )
+        self.routes.append(route)
+        return route
+
+    def websocket_route(self, path: str, name: str | None = None) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            self.add_websocket_route(path, endpoint, name)
+            return endpoint
+
+        return register
+
+    # -- HTTP routes --------------------------------------------------------------------
+
+    def add_api_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: Sequence[str] | None = None,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        status_code: int | None = None,
+        response_class: type[Response] = JSONResponse,
+        tags: Sequence[str] | None = None,
+    ) -> APIRoute:
+        route = APIRoute(
+            self.prefix + path,
+            endpoint,
+            methods=methods,
+            name=name,
+            dependencies=[*self.dependencies, *(dependencies or [])],
+            status_code=status_code,
+            response_class=response_class,
+            tags=[*self.tags, *(tags or [])],
+        )
+        self.routes.append(route)
+        return route
+
+    def api_route(
+        self,
+        path: str,
+        *,
+        methods: Sequence[str] | None = None,
+        name: str | None = None,
+        dependencies: Sequence[Depends] | None = None,
+        status_code: int | None = None,
+        response_class: type[Response] = JSONResponse,
+        tags: Sequence[str] | None = None,
+    ) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            self.add_api_route(
+                path,
+                endpoint,
+                methods=methods,
+                name=name,
+                dependencies=dependencies,
+                status_code=status_code,
+                response_class=response_class,
+                tags=tags,
+            )
+            return endpoint
+
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["GET"], **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["POST"], **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["PUT"], **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["DELETE"], **options)
+
+    def patch(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["PATCH"], **options)
+
+    def head(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["HEAD"], **options)
+
+    def options(self, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        return self.api_route(path, methods=["OPTIONS"], **options)
+
+    # -- Composition --------------------------------------------------------------------
+
+    def include_router(
+        self,
+        router: APIRouter,
+        *,
+        prefix: str = "",
+        dependencies: Sequence[Depends] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> None:
+        """Add copies of ``router``'s routes under ``self.prefix + prefix``, running this
+        router's dependencies, then ``dependencies``, then the route's own. Routes added to
+        ``router`` afterwards are not included."""
+        _check_prefix(prefix)
+        outer_dependencies = [*self.dependencies, *(dependencies or [])]
+        for route in router.routes:
+            copied = route.copy_with(
+                self.prefix + prefix + route.path, [*outer_dependencies, *route.dependencies]
+            )
+            if isinstance(copied, APIRoute):
+                copied.tags = [*self.tags, *(tags or []), *copied.tags]
+            self.routes.append(copied)
