@@ -228,4 +228,6 @@ async def outcome(port: int, key: str) -> dict:
     """What a recording handler in tests/apps/core.py saw (``GET /outcome/{key}`` waits)."""
     response = await http_get(port, f"/outcome/{key}")
     assert response.status == 200, response
-    return response.json()
+    seen = response.json()
+    assert "timed_out" not in seen, f"the handler recorded nothing under {key}"
+    return seen

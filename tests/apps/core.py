@@ -31,9 +31,10 @@ def record_outcome(key: str, **outcome) -> None:
 
 def describe_exception(error: BaseException | None) -> dict:
     if error is None:
-        return {"exception": None}
+        return {"exception": None, "kinds": []}
     return {
         "exception": type(error).__name__,
+        "kinds": [kind.__name__ for kind in type(error).__mro__],
         "message": str(error),
         "code": getattr(error, "code", None),
         "reason": getattr(error, "reason", None),
@@ -201,3 +202,4 @@ async def receive_before_accept(websocket: WebSocket, key: str):
         record_outcome(key, **describe_exception(error))
     else:
         record_outcome(key, **describe_exception(None))
+    await websocket.close()  # refuse the handshake
