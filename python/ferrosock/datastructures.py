@@ -23,7 +23,7 @@ class Headers(Mapping[str, str]):
     """Case-insensitive, read-only headers. ``headers[name]`` is the first value sent;
     ``getlist(name)`` gives every value in order; ``raw`` is the list as received."""
 
-    __slots__ = ("_raw", "_lowered")
+    __slots__ = ("_lowered", "_raw")
 
     def __init__(self, raw: list[tuple[str, str]] | None = None) -> None:
         self._raw: list[tuple[str, str]] = list(raw) if raw else []
@@ -115,7 +115,7 @@ class URL:
     """A parsed URL: ``scheme``, ``netloc``, ``hostname``, ``port``, ``path``, ``query``,
     ``fragment``; ``str(url)`` gives it back."""
 
-    __slots__ = ("_url", "_parts")
+    __slots__ = ("_parts", "_url")
 
     def __init__(self, url: str = "") -> None:
         self._url = url

@@ -259,7 +259,7 @@ class SolveContext:
     found so far, and (made on first need) the exit stack for generator dependencies.
     Use as ``async with``: leaving it runs the generators' clean-up, in reverse order."""
 
-    __slots__ = ("connection", "overrides", "cache", "errors", "_exit_stack")
+    __slots__ = ("_exit_stack", "cache", "connection", "errors", "overrides")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -398,7 +398,7 @@ class CallPlan:
     """What calling ``call`` takes: its dependencies (solved first, in order), its values,
     and the names that receive the connection."""
 
-    __slots__ = ("call", "builder", "dependencies", "values", "connection_names", "invoke")
+    __slots__ = ("builder", "call", "connection_names", "dependencies", "invoke", "values")
 
     def __init__(
         self,
@@ -726,7 +726,7 @@ def _hints_source(call: Callable[..., Any]) -> Any:
 
 def _evaluate(annotation: str, namespace: dict[str, Any], name: str, owner: str) -> Any:
     try:
-        return eval(annotation, namespace)  # noqa: S307 - a type annotation's own source
+        return eval(annotation, namespace)
     except Exception as exc:
         raise TypeError(
             f"{owner}: cannot resolve the annotation {annotation!r} of parameter {name!r} "
