@@ -1,0 +1,154 @@
+//! CPU and memory readings from /proc, taken at the edges of the measured window:
+//! the server's whole process tree (utime+stime of every process under its PID), this
+//! process, and the machine's totals, so that other processes' use can be told apart.
+
+use std::fs;
+
+/// /proc/stat's CPU counters, in clock ticks.
+#[derive(Clone, Copy, Default)]
+pub struct CpuTimes {
+    pub user: u64,
+    pub nice: u64,
+    pub system: u64,
+    pub idle: u64,
+    pub iowait: u64,
+    pub irq: u64,
+    pub softirq: u64,
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    fn parse(fields: &[&str]) -> CpuTimes {
+        let at = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0);
+        CpuTimes {
+            user: at(0),
+            nice: at(1),
+            system: at(2),
+            idle: at(3),
+            iowait: at(4),
+            irq: at(5),
+            softirq: at(6),
+            steal: at(7),
+        }
+    }
+
+    pub fn minus(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            nice: self.nice.saturating_sub(earlier.nice),
+            system: self.system.saturating_sub(earlier.system),
+            idle: self.idle.saturating_sub(earlier.idle),
+            iowait: self.iowait.saturating_sub(earlier.iowait),
+            irq: self.irq.saturating_sub(earlier.irq),
+            softirq: self.softirq.saturating_sub(earlier.softirq),
+            steal: self.steal.saturating_sub(earlier.steal),
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Sample {
+    pub server_ticks: u64,
+    pub server_rss_bytes: u64,
+    pub server_processes: usize,
+    pub self_ticks: u64,
+    pub total: CpuTimes,
+    pub per_cpu: Vec<CpuTimes>,
+}
+
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+/// (ppid, utime+stime, rss pages) from /proc/<pid>/stat.
+fn process_stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12) ... rss(21).
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((number(1)? as u32, number(11)? + number(12)?, number(21)?))
+}
+
+/// The PID and every descendant of it.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((ppid, _, _)) = process_stat(pid) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut at = 0;
+    while at < tree.len() {
+        let parent = tree[at];
+        tree.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        at += 1;
+    }
+    tree
+}
+
+/// Reads everything; `server` is the root PID of the server's tree, if known.
+pub fn sample(server: Option<u32>) -> Sample {
+    let mut result = Sample::default();
+    if let Some(root) = server {
+        for pid in process_tree(root) {
+            if let Some((_, ticks, rss_pages)) = process_stat(pid) {
+                result.server_ticks += ticks;
+                result.server_rss_bytes += rss_pages * page_size();
+                result.server_processes += 1;
+            }
+        }
+    }
+    result.self_ticks = process_stat(std::process::id()).map(|(_, ticks, _)| ticks).unwrap_or(0);
+    if let Ok(text) = fs::read_to_string("/proc/stat") {
+        for line in text.lines().filter(|line| line.starts_with("cpu")) {
+            let mut words = line.split_whitespace();
+            let name = words.next().unwrap_or("");
+            let times = CpuTimes::parse(&words.collect::<Vec<_>>());
+            if name == "cpu" {
+                result.total = times;
+            } else {
+                result.per_cpu.push(times);
+            }
+        }
+    }
+    result
+}
+
+/// CPU time this process has used, in microseconds (finer than clock ticks).
+pub fn self_cpu_micros() -> u64 {
+    // SAFETY: getrusage writes into the struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+/// Raises this process's soft open-file limit to its hard limit.
+pub fn raise_open_file_limit() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        limit.rlim_cur as u64
+    }
+}
