@@ -76,7 +76,11 @@ class _ServerThread:
         from ferrosock.server import Server
 
         self.outcomes = outcomes
-        self.server = Server(app, Config(host="127.0.0.1", port=0, log_level="warning"))
+        # The app's own settings apply (message size limits, heartbeat ...), on a free
+        # loopback port, in this one process.
+        loopback = {"host": "127.0.0.1", "port": 0, "workers": 1, "log_level": "warning"}
+        config = Config.from_settings(getattr(app, "settings", {}), loopback)
+        self.server = Server(app, config)
         self.thread = threading.Thread(target=self._serve, name="ferrosock-testclient", daemon=True)
 
     def start(self) -> int:
