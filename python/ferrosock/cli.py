@@ -1,0 +1,87 @@
+"""``ferrosock run module:app`` (also ``python -m ferrosock run ...``).
+
+Every flag is generated from a ``Config`` field, so flags, ``run()`` keywords and
+``App(...)`` settings share names and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+from .config import Config
+
+
+def _converter(hint: Any) -> tuple[Any, str | None]:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) else hint
+    if typing.get_origin(base) is list:
+        return (lambda text: [part.strip() for part in text.split(",") if part.strip()]), None
+    if base is bool:
+        return None, "store_true"
+    return base, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferrosock", description="Run a ferrosock app.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve an app: ferrosock run module:app")
+    run.add_argument("app", help="the app as module:attribute, e.g. examples.chat:app")
+    run.add_argument(
+        "--app-dir", default=".", help="directory to import the app from (default: .)"
+    )
+    hints = typing.get_type_hints(Config)
+    for field in fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        convert, action = _converter(hints[field.name])
+        options: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{field.metadata.get('help', '')} (default: {field.default})",
+        }
+        if action:
+            run.add_argument(flag, action=action, **options)
+            run.add_argument(
+                "--no-" + field.name.replace("_", "-"),
+                dest=field.name,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
+        else:
+            run.add_argument(flag, type=convert, **options)
+    return parser
+
+
+def import_app(reference: str, app_dir: str = ".") -> Any:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f'error: the app must be given as "module:attribute", not {reference!r}')
+    sys.path.insert(0, os.path.abspath(app_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name and not module_name.startswith(f"{error.name}."):
+            raise
+        raise SystemExit(f"error: could not import module {module_name!r}") from error
+    try:
+        app = module
+        for part in attribute.split("."):
+            app = getattr(app, part)
+    except AttributeError:
+        raise SystemExit(f"error: module {module_name!r} has no attribute {attribute!r}") from None
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = vars(build_parser().parse_args(argv))
+    args.pop("command")
+    app = import_app(args.pop("app"), args.pop("app_dir"))
+    from .server import run
+
+    run(app, **args)

@@ -1,0 +1,105 @@
+"""Server settings: one field here is one keyword of ``run()``, one keyword of ``App(...)``
+and one CLI flag (``ws_ping_interval`` ↔ ``--ws-ping-interval``), with the same default."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+MIB = 1 << 20
+
+
+@dataclass
+class Config:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=8000, metadata={"help": "port to bind (0: any free port)"})
+    workers: int = field(
+        default=1, metadata={"help": "worker processes sharing the port (SO_REUSEPORT)"}
+    )
+    io_threads: int | None = field(
+        default=None,
+        metadata={"help": "engine IO threads per process (default: the CPUs it may use)"},
+    )
+    ws_ping_interval: float | None = field(
+        default=20.0, metadata={"help": "seconds between keepalive pings (0 disables)"}
+    )
+    ws_ping_timeout: float | None = field(
+        default=20.0, metadata={"help": "seconds to wait for a pong before closing with 1011"}
+    )
+    ws_max_size: int = field(
+        default=MIB, metadata={"help": "largest incoming message in bytes (bigger: 1009)"}
+    )
+    max_connections: int | None = field(
+        default=None, metadata={"help": "open WebSockets at most; more are refused with 503"}
+    )
+    allowed_origins: list[str] | None = field(
+        default=None,
+        metadata={"help": "comma-separated Origin values allowed to connect ('*': any)"},
+    )
+    outbox_limit: int = field(
+        default=MIB,
+        metadata={"help": "bytes queued per socket before sends wait / broadcasts skip it"},
+    )
+    inbox_capacity: int = field(
+        default=64, metadata={"help": "messages buffered per socket before reading pauses"}
+    )
+    http_max_body: int = field(default=MIB, metadata={"help": "largest HTTP request body"})
+    backlog: int = field(default=2048, metadata={"help": "listen backlog"})
+    graceful_shutdown_timeout: float = field(
+        default=10.0, metadata={"help": "seconds handlers get to finish at shutdown"}
+    )
+    close_timeout: float = field(
+        default=5.0, metadata={"help": "seconds a closing handshake may take"}
+    )
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
+    access_log: bool = field(default=True, metadata={"help": "log each request and accept"})
+    loop: str = field(default="auto", metadata={"help": "auto, asyncio or uvloop"})
+    reuse_port: bool = field(
+        default=False, metadata={"help": "bind with SO_REUSEPORT (set by --workers)"}
+    )
+
+    @classmethod
+    def from_settings(cls, *layers: dict[str, Any]) -> Config:
+        """Build from keyword layers, later ones winning; unknown names are an error."""
+        names = {f.name for f in fields(cls)}
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            unknown = sorted(set(layer) - names)
+            if unknown:
+                raise TypeError(
+                    f"unknown server setting(s): {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(names))}"
+                )
+            merged.update(layer)
+        return cls(**merged)
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """The settings the Rust engine takes."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "backlog": self.backlog,
+            "reuse_port": self.reuse_port or self.workers > 1,
+            "ws_max_size": self.ws_max_size,
+            "ws_ping_interval": self.ws_ping_interval or None,
+            "ws_ping_timeout": self.ws_ping_timeout or None,
+            "max_connections": self.max_connections,
+            "allowed_origins": self.allowed_origins,
+            "outbox_limit": self.outbox_limit,
+            "inbox_capacity": self.inbox_capacity,
+            "http_max_body": self.http_max_body,
+            "io_threads": self.io_threads or _available_cpus(),
+            "close_timeout": self.close_timeout,
+        }
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

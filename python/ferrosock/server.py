@@ -1,0 +1,213 @@
+"""Runs an ``App`` on the engine: the event-loop side of the bridge.
+
+``Server.serve`` starts the engine, watches its eventfd with ``loop.add_reader`` (one
+callback drains every ready event), runs a task per WebSocket and per HTTP request, and on
+shutdown closes every socket with 1001 and gives handlers ``graceful_shutdown_timeout`` to
+finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any
+
+from . import _engine
+from .config import Config
+from .exceptions import WebSocketDisconnect, WebSocketException
+from .requests import Request
+from .responses import PlainTextResponse, Response
+from .websockets import WebSocket, WebSocketState
+
+logger = logging.getLogger("ferrosock.error")
+access_logger = logging.getLogger("ferrosock.access")
+
+
+class Server:
+    def __init__(self, app: Any, config: Config | None = None) -> None:
+        self.app = app
+        self.config = config or Config()
+        self.started = threading.Event()
+        self.port: int | None = None
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit: asyncio.Event | None = None
+        self._exit_requested = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._routes: list[Any] = []
+
+    # ---- lifecycle ----
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._exit = asyncio.Event()
+        if self._exit_requested:
+            self._exit.set()
+        try:
+            async with self.app.lifespan_context(self.app):
+                engine = self._start_engine(loop)
+                try:
+                    self._announce()
+                    self.started.set()
+                    with _signals_handled(loop, self.request_shutdown):
+                        await self._exit.wait()
+                    await self._shutdown(engine)
+                finally:
+                    loop.remove_reader(engine.ready_fd)
+        except BaseException as error:
+            self.error = error
+            raise
+        finally:
+            self.started.set()
+
+    def request_shutdown(self) -> None:
+        """Ask ``serve`` to shut down gracefully; safe from any thread."""
+        self._exit_requested = True
+        loop, exit_event = self._loop, self._exit
+        if loop is not None and exit_event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(exit_event.set)
+
+    def _start_engine(self, loop: asyncio.AbstractEventLoop) -> _engine.Server:
+        self._routes = list(self.app.routes)
+        table = [(r.path, r.kind, list(r.methods), i) for i, r in enumerate(self._routes)]
+        engine = _engine.Server(
+            table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
+        )
+        engine.start(loop.create_future)
+        loop.add_reader(engine.ready_fd, engine.drain)
+        self.port = engine.port
+        return engine
+
+    def _announce(self) -> None:
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        logger.info(
+            "ferrosock running on http://%s:%d (Press CTRL+C to quit)", shown, self.port or 0
+        )
+
+    async def _shutdown(self, engine: _engine.Server) -> None:
+        logger.info("Shutting down")
+        engine.shutdown(1001, "server shutdown")
+        pending = set(self._tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self.config.graceful_shutdown_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("Cancelled %d handler(s) still running at shutdown", len(pending))
+            await asyncio.wait(pending, timeout=1.0)
+        logger.info("Finished server process")
+
+    # ---- engine callbacks (on the loop thread, from engine.drain) ----
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_websocket(self, route_id: int, connection: _engine.Connection) -> None:
+        websocket = WebSocket(connection, self.app)
+        self._spawn(self._run_websocket(self._routes[route_id], websocket))
+
+    def _on_http(self, route_id: int, http_request: _engine.HttpRequest) -> None:
+        self._spawn(self._run_http(self._routes[route_id], http_request))
+
+    @staticmethod
+    def _on_log(level: int, message: str) -> None:
+        logger.log(level, message)
+
+    # ---- handlers ----
+
+    async def _run_websocket(self, route: Any, websocket: WebSocket) -> None:
+        connection = websocket._connection
+        try:
+            await route.handle(websocket)
+        except WebSocketException as exc:
+            await websocket.close(exc.code, exc.reason)
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            logger.exception("Exception in WebSocket handler for %s", connection.path)
+            await websocket.close(1011, "internal error")
+        finally:
+            state = websocket.application_state
+            if state is WebSocketState.CONNECTING:
+                connection.reject(403)
+            elif state is WebSocketState.CONNECTED:
+                await websocket.close(1000)
+            self._log_websocket_end(connection, state)
+
+    def _log_websocket_end(
+        self, connection: _engine.Connection, state_at_end: WebSocketState
+    ) -> None:
+        if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
+            return
+        host, port = connection.client
+        if connection.application_state == WebSocketState.RESPONSE.value:
+            access_logger.info('%s:%d - "WebSocket %s" 403', host, port, connection.path)
+        else:
+            access_logger.info(
+                '%s:%d - "WebSocket %s" closed (%s)', host, port, connection.path,
+                connection.close_code,
+            )
+
+    async def _run_http(self, route: Any, http_request: _engine.HttpRequest) -> None:
+        try:
+            response: Response = await route.handle(Request(http_request, self.app))
+        except Exception:
+            logger.exception(
+                "Exception in HTTP handler for %s %s", http_request.method, http_request.path
+            )
+            response = PlainTextResponse("Internal Server Error", status_code=500)
+        body = b"" if http_request.method == "HEAD" else response.body
+        http_request.respond(response.status_code, response.raw_headers, body)
+        if self.config.access_log and access_logger.isEnabledFor(logging.INFO):
+            host, port = http_request.client
+            query = f"?{http_request.query_string}" if http_request.query_string else ""
+            access_logger.info(
+                '%s:%d - "%s %s%s HTTP/1.1" %d',
+                host, port, http_request.method, http_request.path, query, response.status_code,
+            )
+
+
+class _signals_handled:
+    """SIGINT/SIGTERM request a graceful shutdown while in the main thread; a second
+    SIGINT stops at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_signal: Any) -> None:
+        self.loop = loop
+        self.on_signal = on_signal
+        self.installed: list[int] = []
+        self.received = 0
+
+    def _handle(self) -> None:
+        self.received += 1
+        if self.received > 1:
+            raise KeyboardInterrupt
+        self.on_signal()
+
+    def __enter__(self) -> _signals_handled:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self.loop.add_signal_handler(sig, self._handle)
+                    self.installed.append(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for sig in self.installed:
+            self.loop.remove_signal_handler(sig)
+
+
+def run(app: Any, **settings: Any) -> None:
+    """Serve ``app`` until interrupted: ``ferrosock.run(app, host="0.0.0.0", port=8000)``.
+    Settings given here win over those given to ``App(...)``."""
+    from .process import main_process
+
+    config = Config.from_settings(getattr(app, "settings", {}), settings)
+    main_process(app, config)

@@ -1,0 +1,227 @@
+"""``WebSocket``: Starlette's WebSocket API over ferrosock's engine.
+
+Every receive and send goes straight to the engine's ``Connection``, which returns an
+awaitable written in Rust: when a message is already waiting (or the outbox has room) the
+``await`` finishes on its first step, with no Future and no event-loop round trip.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any
+
+from . import _engine
+from .datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
+from .exceptions import WebSocketDisconnect
+
+logger = logging.getLogger("ferrosock.error")
+
+
+class WebSocketState(enum.Enum):
+    CONNECTING = 0
+    CONNECTED = 1
+    DISCONNECTED = 2
+    RESPONSE = 3
+
+
+def _json_text(data: Any) -> str:
+    # FastAPI's (Starlette's) encoding: compact, non-ASCII kept as is.
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("text", "binary"):
+        raise RuntimeError('The "mode" argument should be "text" or "binary".')
+
+
+class WebSocket:
+    """One WebSocket connection, as a handler sees it."""
+
+    def __init__(self, connection: _engine.Connection, app: Any = None) -> None:
+        self._connection = connection
+        self.app = app
+        self.state = State()
+        self._headers: Headers | None = None
+        self._query_params: QueryParams | None = None
+        self._cookies: dict[str, str] | None = None
+        self._path_params: dict[str, Any] | None = None
+
+    # ---- the handshake request ----
+
+    @property
+    def id(self) -> int:
+        """The engine's id of this connection, unique in the process."""
+        return self._connection.id
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(self._connection.headers)
+        return self._headers
+
+    @property
+    def query_params(self) -> QueryParams:
+        if self._query_params is None:
+            self._query_params = QueryParams(self._connection.query_string)
+        return self._query_params
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        if self._path_params is None:
+            self._path_params = self._connection.path_params
+        return self._path_params
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("cookie", ""))
+        return self._cookies
+
+    @property
+    def url(self) -> URL:
+        connection = self._connection
+        host = self.headers.get("host") or "{}:{}".format(*connection.server)
+        query = f"?{connection.query_string}" if connection.query_string else ""
+        return URL(f"{connection.scheme}://{host}{connection.path}{query}")
+
+    @property
+    def client(self) -> Address:
+        return Address(*self._connection.client)
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """An ASGI-like scope, for code that reads ``websocket.scope[...]``."""
+        connection = self._connection
+        return {
+            "type": "websocket",
+            "scheme": connection.scheme,
+            "path": connection.path,
+            "query_string": connection.query_string.encode("latin-1"),
+            "headers": [
+                (name.encode("latin-1"), value.encode("latin-1"))
+                for name, value in connection.headers
+            ],
+            "client": connection.client,
+            "server": connection.server,
+            "subprotocols": connection.subprotocols,
+            "path_params": self.path_params,
+            "app": self.app,
+            "state": self.state,
+        }
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered."""
+        return self._connection.subprotocols
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol chosen in ``accept``."""
+        return self._connection.subprotocol
+
+    @property
+    def latency(self) -> float | None:
+        """The last ping round-trip in seconds (None until a pong came back)."""
+        return self._connection.latency
+
+    @property
+    def client_state(self) -> WebSocketState:
+        return WebSocketState(self._connection.client_state)
+
+    @property
+    def application_state(self) -> WebSocketState:
+        return WebSocketState(self._connection.application_state)
+
+    # ---- the conversation ----
+
+    def accept(
+        self,
+        subprotocol: str | None = None,
+        headers: Iterable[tuple[bytes | str, bytes | str]] | None = None,
+    ) -> Awaitable[None]:
+        extra = None
+        if headers is not None:
+            extra = [(_text(name), _text(value)) for name, value in headers]
+        accepted = self._connection.accept(subprotocol, extra)
+        if logger.isEnabledFor(logging.INFO):
+            host, port = self._connection.client
+            logger.info('%s:%d - "WebSocket %s" [accepted]', host, port, self._connection.path)
+        return accepted
+
+    def receive(self) -> Awaitable[dict[str, Any]]:
+        return self._connection.receive()
+
+    def receive_text(self) -> Awaitable[str]:
+        return self._connection.receive_text()
+
+    def receive_bytes(self) -> Awaitable[bytes]:
+        return self._connection.receive_bytes()
+
+    async def receive_json(self, mode: str = "text") -> Any:
+        _check_mode(mode)
+        if mode == "text":
+            return json.loads(await self._connection.receive_text())
+        return json.loads((await self._connection.receive_bytes()).decode("utf-8"))
+
+    async def iter_text(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                yield await self._connection.receive_text()
+        except WebSocketDisconnect:
+            pass
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield await self._connection.receive_bytes()
+        except WebSocketDisconnect:
+            pass
+
+    async def iter_json(self) -> AsyncIterator[Any]:
+        try:
+            while True:
+                yield await self.receive_json()
+        except WebSocketDisconnect:
+            pass
+
+    def send_text(self, data: str) -> Awaitable[None]:
+        return self._connection.send_text(data)
+
+    def send_bytes(self, data: bytes) -> Awaitable[None]:
+        return self._connection.send_bytes(data)
+
+    def send_json(self, data: Any, mode: str = "text") -> Awaitable[None]:
+        _check_mode(mode)
+        text = _json_text(data)
+        if mode == "text":
+            return self._connection.send_text(text)
+        return self._connection.send_bytes(text.encode("utf-8"))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """The ASGI-style send, for code written against Starlette's low-level API."""
+        kind = message["type"]
+        if kind == "websocket.accept":
+            await self.accept(message.get("subprotocol"), message.get("headers"))
+        elif kind == "websocket.send":
+            if message.get("text") is not None:
+                await self.send_text(message["text"])
+            else:
+                await self.send_bytes(message["bytes"])
+        elif kind == "websocket.close":
+            await self.close(message.get("code", 1000), message.get("reason"))
+        else:
+            raise RuntimeError(f"unknown WebSocket message type {kind!r}")
+
+    def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]:
+        """Close with ``code``; before ``accept`` this refuses the handshake (HTTP 403)."""
+        return self._connection.close(code, reason)
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.id} {self._connection.path}>"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value

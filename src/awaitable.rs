@@ -1,0 +1,207 @@
+//! Awaitables written in Rust, so that `await ws.receive_text()` costs no event-loop hop
+//! when a message is already waiting.
+//!
+//! `Done` is one shared object whose first step ends the await (StopIteration, no value).
+//! `Op` tries its operation on its first step; only when it must wait does it create a loop
+//! future, store it on the connection and yield it to the task. `Server.drain` resolves that
+//! future when the IO side signals progress, and the task steps the `Op` again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
+
+use crate::connection::{CloseInfo, ConnShared, Incoming, Received};
+use crate::stats::{self, counter};
+
+/// A connection that always finds its operation ready yields to the loop once every this
+/// many completions, so one busy socket cannot starve the others.
+pub const FAIR_BATCH: u32 = 64;
+
+#[pyclass(frozen, module = "ferrosock._engine")]
+pub struct Done;
+
+#[pymethods]
+impl Done {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __next__(&self) -> Option<Py<PyAny>> {
+        stats::bump(&counter::fast_completions);
+        None
+    }
+}
+
+pub fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static DONE: PyOnceLock<Py<Done>> = PyOnceLock::new();
+    Ok(DONE.get_or_try_init(py, || Py::new(py, Done))?.clone_ref(py).into_any())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Receive,
+    ReceiveText,
+    ReceiveBytes,
+    /// A send that found the outbox over its limit: wait until it drains.
+    SendDrain,
+    /// Nothing to wait for; only the fairness yield.
+    Yield,
+}
+
+#[pyclass(frozen, module = "ferrosock._engine")]
+pub struct Op {
+    conn: Arc<ConnShared>,
+    kind: OpKind,
+    yield_first: AtomicBool,
+    parked: AtomicBool,
+}
+
+impl Op {
+    pub fn new(conn: Arc<ConnShared>, kind: OpKind, yield_first: bool) -> Self {
+        Self {
+            conn,
+            kind,
+            yield_first: AtomicBool::new(yield_first),
+            parked: AtomicBool::new(false),
+        }
+    }
+
+    fn finished(&self) {
+        if !self.parked.load(Ordering::Relaxed) {
+            stats::bump(&counter::fast_completions);
+        }
+    }
+
+    /// Create a loop future, remember it on the connection, and hand it to the task.
+    fn park(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let future = self.conn.server.create_future(py)?;
+        future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+        {
+            let mut waiters = self.conn.waiters.lock();
+            let slot = if self.kind == OpKind::SendDrain {
+                &mut waiters.send
+            } else {
+                &mut waiters.receive
+            };
+            if let Some(previous) = slot.as_ref() {
+                if !previous.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? {
+                    return Err(PyRuntimeError::new_err(
+                        "another coroutine is already waiting on this WebSocket; \
+                         receive (and send) from one task at a time",
+                    ));
+                }
+            }
+            *slot = Some(future.clone().unbind());
+        }
+        self.parked.store(true, Ordering::Relaxed);
+        stats::bump(&counter::futures_created);
+        Ok(Some(future.unbind()))
+    }
+}
+
+#[pymethods]
+impl Op {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if self.yield_first.swap(false, Ordering::Relaxed) {
+            stats::bump(&counter::yields);
+            // A bare yield: asyncio's task reschedules itself with call_soon.
+            return Ok(Some(py.None()));
+        }
+        match self.kind {
+            OpKind::Yield => {
+                self.finished();
+                Ok(None)
+            }
+            OpKind::SendDrain => {
+                if self.conn.send_may_continue() {
+                    self.finished();
+                    Ok(None)
+                } else {
+                    self.park(py)
+                }
+            }
+            OpKind::Receive | OpKind::ReceiveText | OpKind::ReceiveBytes => {
+                match self.conn.try_receive() {
+                    Received::Message(message) => {
+                        self.finished();
+                        Err(stop_iteration(convert(py, self.kind, message)?))
+                    }
+                    Received::Ended(info) if self.kind == OpKind::Receive => {
+                        Err(stop_iteration(disconnect_message(py, &info)?))
+                    }
+                    Received::Ended(info) => Err(disconnect_error(py, &info)),
+                    Received::Empty => self.park(py),
+                }
+            }
+        }
+    }
+}
+
+fn stop_iteration(value: Py<PyAny>) -> PyErr {
+    PyStopIteration::new_err((value,))
+}
+
+fn convert(py: Python<'_>, kind: OpKind, message: Incoming) -> PyResult<Py<PyAny>> {
+    Ok(match (kind, message) {
+        (OpKind::ReceiveText, Incoming::Text(text)) => {
+            PyString::new(py, text.as_str()).into_any().unbind()
+        }
+        (OpKind::ReceiveBytes, Incoming::Binary(data)) => {
+            PyBytes::new(py, &data).into_any().unbind()
+        }
+        (OpKind::Receive, message) => {
+            let dict = PyDict::new(py);
+            dict.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
+            match message {
+                Incoming::Text(text) => dict.set_item(intern!(py, "text"), text.as_str())?,
+                Incoming::Binary(data) => {
+                    dict.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?
+                }
+            }
+            dict.into_any().unbind()
+        }
+        (OpKind::ReceiveText, Incoming::Binary(_)) => {
+            return Err(PyRuntimeError::new_err(
+                "expected a text message but a binary one arrived; \
+                 use receive_bytes() or receive() for binary messages",
+            ))
+        }
+        (_, Incoming::Text(_)) => {
+            return Err(PyRuntimeError::new_err(
+                "expected a binary message but a text one arrived; \
+                 use receive_text() or receive() for text messages",
+            ))
+        }
+        _ => unreachable!("convert is only called for receive operations"),
+    })
+}
+
+fn disconnect_message(py: Python<'_>, info: &CloseInfo) -> PyResult<Py<PyAny>> {
+    let dict = PyDict::new(py);
+    dict.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
+    dict.set_item(intern!(py, "code"), info.code)?;
+    dict.set_item(intern!(py, "reason"), info.reason.as_str())?;
+    Ok(dict.into_any().unbind())
+}
+
+/// `ferrosock.exceptions.WebSocketDisconnect(code, reason)`.
+pub fn disconnect_error(py: Python<'_>, info: &CloseInfo) -> PyErr {
+    static DISCONNECT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    match DISCONNECT.import(py, "ferrosock.exceptions", "WebSocketDisconnect") {
+        Ok(class) => PyErr::from_type(class.clone(), (info.code, info.reason.clone())),
+        Err(error) => error,
+    }
+}

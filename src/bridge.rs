@@ -1,0 +1,87 @@
+//! The bridge between the IO threads and the Python event loop.
+//!
+//! IO threads push `Event`s into one queue and write the eventfd only when the queue goes
+//! from empty to non-empty, so a burst of events costs one wake-up. The loop watches the
+//! eventfd (`loop.add_reader`) and calls `Server.drain`, which runs every queued event on
+//! the loop thread: it is the only place where Python objects are made from engine data.
+//! Nothing here takes the GIL on an IO thread.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::connection::{ConnShared, Handshake};
+use crate::http::PendingRequest;
+use crate::stats::{self, counter};
+
+pub enum Event {
+    /// A WebSocket handshake waiting for its handler to accept or refuse it.
+    WebSocket(Arc<ConnShared>, Box<Handshake>),
+    /// An HTTP request waiting for its response.
+    Http(Box<PendingRequest>),
+    /// A parked `receive_*` may now finish: a message arrived or the connection ended.
+    WakeReceive(Arc<ConnShared>),
+    /// A parked `send_*` may now finish: the outbox drained or the connection ended.
+    WakeSend(Arc<ConnShared>),
+    /// A line for Python's `logging` (level as in `logging`, e.g. 30 = WARNING).
+    Log(i32, String),
+}
+
+pub struct Bridge {
+    queue: Mutex<Vec<Event>>,
+    eventfd: OwnedFd,
+}
+
+impl Bridge {
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            queue: Mutex::new(Vec::with_capacity(64)),
+            // SAFETY: fd is a fresh descriptor we own.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Queue an event; wake the loop only if it was not already due to drain.
+    pub fn push(&self, event: Event) {
+        let was_empty = {
+            let mut queue = self.queue.lock();
+            let was_empty = queue.is_empty();
+            queue.push(event);
+            was_empty
+        };
+        if was_empty {
+            stats::bump(&counter::wakeups);
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. EAGAIN can only
+            // mean the counter is saturated, i.e. a wake-up is already pending.
+            unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    pub fn log(&self, level: i32, message: String) {
+        self.push(Event::Log(level, message));
+    }
+
+    /// Take every queued event. Reset the eventfd first: an event pushed after the take
+    /// finds the queue empty and writes the eventfd again, so none is left unseen.
+    pub fn take(&self, into: &mut Vec<Event>) {
+        let mut counter_value: u64 = 0;
+        // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.fd(), (&mut counter_value as *mut u64).cast(), 8) };
+        std::mem::swap(&mut *self.queue.lock(), into);
+    }
+}
+
+pub const LOG_DEBUG: i32 = 10;
+pub const LOG_INFO: i32 = 20;
+pub const LOG_WARNING: i32 = 30;

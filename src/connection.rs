@@ -1,0 +1,333 @@
+//! The state one WebSocket shares between its IO tasks and the Python `Connection`.
+//!
+//! The reader task fills the bounded inbox; Python drains it. Python fills the outbox;
+//! the writer task drains it. `end` records how the connection ended, exactly once, and
+//! from then on every receive and send sees that close code. This module never takes the
+//! GIL: parked Python futures are stored here but only touched by `Server.drain` and the
+//! awaitables, both on the loop thread.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{Event, LOG_DEBUG};
+use crate::registry::RegistryInner;
+use crate::server::ServerState;
+use crate::stats::{self, counter};
+
+pub enum Incoming {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+pub enum Outgoing {
+    Message(Message, usize),
+    Close(u16, String),
+}
+
+/// How the connection ended: the close code and reason the handler sees.
+#[derive(Clone, Debug)]
+pub struct CloseInfo {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Request data of the handshake, handed to Python once, when the handler starts.
+pub struct Handshake {
+    pub route_id: usize,
+    pub path: String,
+    pub query_string: String,
+    pub scheme: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub client: (String, u16),
+    pub server: (String, u16),
+    pub path_params: Vec<(String, String)>,
+    pub subprotocols: Vec<String>,
+    pub decision: tokio::sync::oneshot::Sender<Decision>,
+}
+
+/// The handler's answer to a handshake.
+pub enum Decision {
+    Accept {
+        subprotocol: Option<String>,
+        headers: Vec<(String, String)>,
+    },
+    Reject(u16),
+}
+
+pub enum Received {
+    Message(Incoming),
+    Ended(CloseInfo),
+    /// Nothing yet; the reader will push a `WakeReceive` when something arrives.
+    Empty,
+}
+
+struct Inbox {
+    queue: VecDeque<Incoming>,
+    ended: Option<CloseInfo>,
+    receiver_waiting: bool,
+}
+
+/// Python futures of awaitables parked on this connection (loop thread only).
+#[derive(Default)]
+pub struct Waiters {
+    pub receive: Option<Py<PyAny>>,
+    pub send: Option<Py<PyAny>>,
+}
+
+pub struct ConnShared {
+    pub id: u64,
+    pub server: Arc<ServerState>,
+    inbox: Mutex<Inbox>,
+    /// Signalled when Python takes a message out of a full inbox.
+    pub inbox_space: Notify,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    outbox_bytes: AtomicUsize,
+    sender_waiting: AtomicBool,
+    ended: AtomicBool,
+    /// Cancelled to stop both IO tasks at once (close timeout, slow consumer, shutdown).
+    pub stop: CancellationToken,
+    pub waiters: Mutex<Waiters>,
+    /// Last ping round-trip in microseconds; 0 until a pong came back.
+    pub latency_us: AtomicU64,
+    /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
+    pub last_pong_at: AtomicU64,
+    memberships: Mutex<Vec<Weak<RegistryInner>>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl ConnShared {
+    pub fn new(server: Arc<ServerState>) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            server,
+            inbox: Mutex::new(Inbox {
+                queue: VecDeque::new(),
+                ended: None,
+                receiver_waiting: false,
+            }),
+            inbox_space: Notify::new(),
+            outbox,
+            outbox_bytes: AtomicUsize::new(0),
+            sender_waiting: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            waiters: Mutex::new(Waiters::default()),
+            latency_us: AtomicU64::new(0),
+            last_pong_at: AtomicU64::new(0),
+            memberships: Mutex::new(Vec::new()),
+        });
+        (shared, outbox_rx)
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub fn close_info(&self) -> Option<CloseInfo> {
+        self.inbox.lock().ended.clone()
+    }
+
+    // ---- inbox: reader task → Python ----
+
+    pub fn inbox_is_full(&self) -> bool {
+        self.inbox.lock().queue.len() >= self.server.config.inbox_capacity
+    }
+
+    /// Called by the reader task for each data message.
+    pub fn deliver(self: &Arc<Self>, message: Incoming) {
+        stats::bump(&counter::messages_received);
+        let wake = {
+            let mut inbox = self.inbox.lock();
+            inbox.queue.push_back(message);
+            std::mem::take(&mut inbox.receiver_waiting)
+        };
+        if wake {
+            self.server.bridge.push(Event::WakeReceive(self.clone()));
+        }
+    }
+
+    /// Called by Python: the next message, the end, or `Empty` (and then the caller parks).
+    pub fn try_receive(&self) -> Received {
+        let mut inbox = self.inbox.lock();
+        if let Some(message) = inbox.queue.pop_front() {
+            let was_full = inbox.queue.len() + 1 >= self.server.config.inbox_capacity;
+            drop(inbox);
+            if was_full {
+                self.inbox_space.notify_one();
+            }
+            return Received::Message(message);
+        }
+        if let Some(info) = &inbox.ended {
+            return Received::Ended(info.clone());
+        }
+        inbox.receiver_waiting = true;
+        Received::Empty
+    }
+
+    // ---- outbox: Python and registries → writer task ----
+
+    /// Queue a message whatever the outbox holds; returns the bytes now queued.
+    pub fn enqueue(&self, message: Message) -> Result<usize, CloseInfo> {
+        if self.is_ended() {
+            return Err(self.close_info().unwrap_or(CloseInfo {
+                code: 1006,
+                reason: String::new(),
+            }));
+        }
+        let size = message_size(&message);
+        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        // The receiver lives as long as the writer task; once it is gone the connection
+        // has ended and the message has nowhere to go.
+        let _ = self.outbox.send(Outgoing::Message(message, size));
+        stats::bump(&counter::messages_sent);
+        Ok(queued)
+    }
+
+    /// Queue a message only if it fits under the outbox limit (fan-out uses this).
+    pub fn offer(&self, message: Message, size: usize) -> Offer {
+        if self.is_ended() {
+            return Offer::Ended;
+        }
+        let limit = self.server.config.outbox_limit;
+        let queued = self.outbox_bytes.load(Ordering::Acquire);
+        if queued + size > limit && queued > 0 {
+            return Offer::Full;
+        }
+        self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
+        let _ = self.outbox.send(Outgoing::Message(message, size));
+        stats::bump(&counter::messages_sent);
+        Offer::Queued
+    }
+
+    pub fn outbox_over_limit(&self) -> bool {
+        self.outbox_bytes.load(Ordering::Acquire) > self.server.config.outbox_limit
+    }
+
+    /// Called by Python before parking a send: is there room now? If not, ask for a wake-up.
+    pub fn send_may_continue(&self) -> bool {
+        if self.is_ended() {
+            return true;
+        }
+        self.sender_waiting.store(true, Ordering::SeqCst);
+        if !self.outbox_over_limit() || self.is_ended() {
+            self.sender_waiting.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// Called by the writer task after bytes left for the socket.
+    pub fn written(self: &Arc<Self>, size: usize) {
+        let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
+        if left <= self.server.config.outbox_limit / 2
+            && self.sender_waiting.load(Ordering::SeqCst)
+            && self.sender_waiting.swap(false, Ordering::SeqCst)
+        {
+            self.server.bridge.push(Event::WakeSend(self.clone()));
+        }
+    }
+
+    /// Ask the writer to send a close frame; the connection counts as ended from now on.
+    pub fn close(self: &Arc<Self>, code: u16, reason: &str) {
+        if self.end(code, reason) {
+            let _ = self.outbox.send(Outgoing::Close(code, reason.to_owned()));
+            self.stop_after(self.server.config.close_timeout);
+        }
+    }
+
+    /// Drop the socket after `timeout` unless the closing handshake finished before.
+    pub fn stop_after(self: &Arc<Self>, timeout: Duration) {
+        let stop = self.stop.clone();
+        crate::runtime::get().spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(timeout) => stop.cancel(),
+            }
+        });
+    }
+
+    /// Record the end of the connection. Returns true for the one call that ended it.
+    pub fn end(self: &Arc<Self>, code: u16, reason: &str) -> bool {
+        let (wake_receiver, wake_sender) = {
+            let mut inbox = self.inbox.lock();
+            if inbox.ended.is_some() {
+                return false;
+            }
+            inbox.ended = Some(CloseInfo {
+                code,
+                reason: reason.to_owned(),
+            });
+            self.ended.store(true, Ordering::Release);
+            (
+                std::mem::take(&mut inbox.receiver_waiting),
+                self.sender_waiting.swap(false, Ordering::SeqCst),
+            )
+        };
+        stats::bump(&counter::connections_closed);
+        if wake_receiver {
+            self.server.bridge.push(Event::WakeReceive(self.clone()));
+        }
+        if wake_sender {
+            self.server.bridge.push(Event::WakeSend(self.clone()));
+        }
+        // Take the list first: a registry locks its members, then a connection's memberships.
+        let registries = std::mem::take(&mut *self.memberships.lock());
+        for registry in registries {
+            if let Some(registry) = registry.upgrade() {
+                registry.forget(self.id);
+            }
+        }
+        self.server.forget(self.id);
+        self.server.bridge.log(
+            LOG_DEBUG,
+            format!("connection {} ended with {code} {reason}", self.id),
+        );
+        true
+    }
+
+    // ---- registries ----
+
+    /// Remember a registry this connection belongs to, so that `end` can leave it.
+    /// Returns false if the connection has already ended.
+    pub fn joined(&self, registry: Weak<RegistryInner>) -> bool {
+        let mut memberships = self.memberships.lock();
+        if self.is_ended() {
+            return false;
+        }
+        if !memberships.iter().any(|r| r.ptr_eq(&registry)) {
+            memberships.push(registry);
+        }
+        true
+    }
+
+    pub fn left(&self, registry: &Weak<RegistryInner>) {
+        self.memberships.lock().retain(|r| !r.ptr_eq(registry));
+    }
+}
+
+pub enum Offer {
+    Queued,
+    Full,
+    Ended,
+}
+
+pub fn message_size(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
+        Message::Close(_) | Message::Frame(_) => 0,
+    }
+    // A floor per message, so that a flood of empty messages is bounded too.
+    .max(16)
+}

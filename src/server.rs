@@ -1,0 +1,634 @@
+//! The listener, HTTP/1.1 and the WebSocket handshake; `Server` as Python sees it.
+//!
+//! Each TCP connection is served by hyper. A WebSocket upgrade on a known route is checked
+//! (malformed → 400, Python never sees it), then queued to Python and held open until the
+//! handler accepts (101, then the socket moves to `stream::run`) or refuses (403). HTTP
+//! requests are queued to Python and answered through a oneshot. `drain` runs queued events
+//! on the loop thread; IO threads never take the GIL.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{Bridge, Event, LOG_INFO, LOG_WARNING};
+use crate::config::{seconds, ServerConfig};
+use crate::connection::{ConnShared, Decision, Handshake};
+use crate::http::{HttpRequest, PendingRequest, Reply};
+use crate::router::{percent_decode, Routes};
+use crate::stats::{self, counter};
+use crate::websocket::Connection;
+
+type Body = Full<Bytes>;
+
+/// What the IO side of one server shares: settings, routes, the bridge, the live sockets.
+pub struct ServerState {
+    pub config: ServerConfig,
+    pub bridge: Bridge,
+    routes: Routes,
+    create_future: OnceLock<Py<PyAny>>,
+    live: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    shutdown: CancellationToken,
+}
+
+impl ServerState {
+    pub fn forget(&self, id: u64) {
+        self.live.lock().remove(&id);
+    }
+
+    pub fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let create = self
+            .create_future
+            .get()
+            .ok_or_else(|| PyOSError::new_err("the server has not been started"))?;
+        create.bind(py).call0()
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        let max = Some(self.config.ws_max_size);
+        WebSocketConfig::default()
+            .read_buffer_size(ServerConfig::READ_BUFFER_SIZE)
+            .max_message_size(max)
+            .max_frame_size(max)
+    }
+}
+
+#[pyclass(frozen, module = "ferrosock._engine")]
+pub struct Server {
+    state: Arc<ServerState>,
+    on_websocket: Py<PyAny>,
+    on_http: Py<PyAny>,
+    on_log: Py<PyAny>,
+    io_threads: Option<usize>,
+    port: AtomicU16,
+    /// The drained batch's buffer, kept to reuse its allocation.
+    batch: Mutex<Vec<Event>>,
+}
+
+#[pymethods]
+impl Server {
+    #[new]
+    #[pyo3(signature = (
+        routes, on_websocket, on_http, on_log, *,
+        host="127.0.0.1".to_owned(), port=8000, backlog=2048, reuse_port=false,
+        ws_max_size=1 << 20, ws_ping_interval=Some(20.0), ws_ping_timeout=Some(20.0),
+        max_connections=None, allowed_origins=None, outbox_limit=1 << 20, inbox_capacity=64,
+        http_max_body=1 << 20, io_threads=None, close_timeout=5.0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        routes: Vec<(String, String, Vec<String>, usize)>,
+        on_websocket: Py<PyAny>,
+        on_http: Py<PyAny>,
+        on_log: Py<PyAny>,
+        host: String,
+        port: u16,
+        backlog: i32,
+        reuse_port: bool,
+        ws_max_size: usize,
+        ws_ping_interval: Option<f64>,
+        ws_ping_timeout: Option<f64>,
+        max_connections: Option<usize>,
+        allowed_origins: Option<Vec<String>>,
+        outbox_limit: usize,
+        inbox_capacity: usize,
+        http_max_body: usize,
+        io_threads: Option<usize>,
+        close_timeout: f64,
+    ) -> PyResult<Self> {
+        let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
+        let config = ServerConfig {
+            host,
+            port,
+            backlog,
+            reuse_port,
+            ws_max_size,
+            ws_ping_interval: seconds(ws_ping_interval),
+            ws_ping_timeout: seconds(ws_ping_timeout),
+            max_connections,
+            allowed_origins,
+            outbox_limit: outbox_limit.max(1),
+            inbox_capacity: inbox_capacity.max(1),
+            http_max_body,
+            close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
+        };
+        let state = ServerState {
+            config,
+            bridge: Bridge::new()?,
+            routes,
+            create_future: OnceLock::new(),
+            live: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self {
+            state: Arc::new(state),
+            on_websocket,
+            on_http,
+            on_log,
+            io_threads,
+            port: AtomicU16::new(port),
+            batch: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn start(&self, py: Python<'_>, create_future: Py<PyAny>) -> PyResult<()> {
+        if self.state.create_future.set(create_future).is_err() {
+            return Err(PyOSError::new_err("the server was already started"));
+        }
+        let listener = bind(&self.state.config)?;
+        self.port.store(listener.local_addr()?.port(), Ordering::Relaxed);
+        let runtime = crate::runtime::init(self.io_threads);
+        let state = self.state.clone();
+        py.detach(|| {
+            runtime.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, state).await,
+                    Err(error) => state
+                        .bridge
+                        .log(LOG_WARNING, format!("cannot listen: {error}")),
+                }
+            })
+        });
+        Ok(())
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn ready_fd(&self) -> i32 {
+        self.state.bridge.fd()
+    }
+
+    fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        stats::bump(&counter::drains);
+        let mut batch = std::mem::take(&mut *self.batch.lock());
+        self.state.bridge.take(&mut batch);
+        stats::add(&counter::events, batch.len() as u64);
+        for event in batch.drain(..) {
+            if let Err(error) = self.run(py, event) {
+                error.display(py);
+            }
+        }
+        *self.batch.lock() = batch;
+        Ok(())
+    }
+
+    #[pyo3(signature = (code=1001, reason="server shutdown"))]
+    fn shutdown(&self, code: u16, reason: &str) {
+        self.state.shutdown.cancel();
+        let live: Vec<Arc<ConnShared>> = self.state.live.lock().values().cloned().collect();
+        for conn in live {
+            conn.close(code, reason);
+        }
+    }
+
+    fn connection_count(&self) -> usize {
+        self.state.live.lock().len()
+    }
+}
+
+impl Server {
+    fn run(&self, py: Python<'_>, event: Event) -> PyResult<()> {
+        match event {
+            Event::WakeReceive(conn) => resolve(py, conn.waiters.lock().receive.take()),
+            Event::WakeSend(conn) => resolve(py, conn.waiters.lock().send.take()),
+            Event::WebSocket(shared, handshake) => {
+                let route_id = handshake.route_id;
+                let conn = Py::new(py, Connection::new(shared, *handshake))?;
+                self.on_websocket.call1(py, (route_id, conn))?;
+                Ok(())
+            }
+            Event::Http(request) => {
+                let route_id = request.route_id;
+                let request = Py::new(py, HttpRequest::from(*request))?;
+                self.on_http.call1(py, (route_id, request))?;
+                Ok(())
+            }
+            Event::Log(level, message) => {
+                self.on_log.call1(py, (level, message))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Finish a parked awaitable's future, unless its task was cancelled meanwhile.
+fn resolve(py: Python<'_>, future: Option<Py<PyAny>>) -> PyResult<()> {
+    if let Some(future) = future {
+        let future = future.bind(py);
+        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+    }
+    Ok(())
+}
+
+fn bind(config: &ServerConfig) -> PyResult<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let address: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), config.port))
+                .ok()
+                .and_then(|mut all| all.next())
+                .ok_or(())
+        })
+        .map_err(|_| PyValueError::new_err(format!("cannot resolve host {:?}", config.host)))?;
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if config.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(config.backlog)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, peer, state.clone()));
+            }
+            Err(error) => {
+                // Out of file descriptors or similar: say so, back off, keep serving.
+                state
+                    .bridge
+                    .log(LOG_WARNING, format!("accept failed: {error}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let service_state = state.clone();
+    let service = hyper::service::service_fn(move |request| {
+        handle(request, service_state.clone(), peer, local)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = state.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(state.config.close_timeout, connection).await;
+        }
+    }
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            // Latin-1, as ASGI servers decode header bytes.
+            let value = value.as_bytes().iter().map(|&b| b as char).collect();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+fn address(addr: SocketAddr) -> (String, u16) {
+    (addr.ip().to_string(), addr.port())
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    state: Arc<ServerState>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let path = percent_decode(request.uri().path()).into_owned();
+    let wants_websocket = has_token(request.headers(), header::UPGRADE, "websocket");
+    let found = state.routes.find(&path);
+    let response = if wants_websocket {
+        match found.as_ref().and_then(|f| f.endpoints.websocket.map(|id| (id, f))) {
+            Some((route_id, found)) => {
+                let params = found.params.clone();
+                websocket_handshake(request, &state, route_id, path, params, peer, local).await
+            }
+            None => {
+                log_request(&state, peer, "GET", &path, 403, "no WebSocket route");
+                text_response(StatusCode::FORBIDDEN, "Forbidden")
+            }
+        }
+    } else {
+        let method = request.method().as_str().to_owned();
+        match found {
+            None => text_response(StatusCode::NOT_FOUND, "Not Found"),
+            Some(found) => match found.endpoints.http_route(&method) {
+                Some(route_id) => {
+                    let params = found.params;
+                    http_request(request, &state, route_id, path, params, peer, local).await
+                }
+                None if found.endpoints.http.is_empty() => {
+                    text_response(StatusCode::NOT_FOUND, "Not Found")
+                }
+                None => {
+                    let mut response =
+                        text_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+                    if let Ok(allow) = HeaderValue::from_str(&found.endpoints.allowed_methods()) {
+                        response.headers_mut().insert(header::ALLOW, allow);
+                    }
+                    response
+                }
+            },
+        }
+    };
+    Ok(response)
+}
+
+fn log_request(state: &ServerState, peer: SocketAddr, method: &str, path: &str, status: u16, why: &str) {
+    state.bridge.log(
+        LOG_INFO,
+        format!("{peer} - \"{method} {path} HTTP/1.1\" {status} ({why})"),
+    );
+}
+
+/// Why a WebSocket handshake is malformed, per RFC 6455 section 4.2.1.
+fn handshake_problem(request: &Request<Incoming>) -> Option<&'static str> {
+    let headers = request.headers();
+    if request.method() != hyper::Method::GET {
+        return Some("the WebSocket handshake must be a GET request");
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Some("missing \"Connection: Upgrade\"");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Some("unsupported or missing Sec-WebSocket-Version (13 is required)");
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if valid_key(key.as_bytes()) => None,
+        _ => Some("missing or invalid Sec-WebSocket-Key"),
+    }
+}
+
+/// A key is the base64 of 16 bytes: 22 base64 characters and "==".
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+fn origin_allowed(config: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(allowed) = &config.allowed_origins else {
+        return true;
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or("");
+    allowed.iter().any(|a| a == "*" || a == origin)
+}
+
+fn subprotocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn websocket_handshake(
+    mut request: Request<Incoming>,
+    state: &Arc<ServerState>,
+    route_id: usize,
+    path: String,
+    path_params: Vec<(String, String)>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Body> {
+    if let Some(problem) = handshake_problem(&request) {
+        stats::bump(&counter::handshakes_rejected);
+        log_request(state, peer, "GET", &path, 400, problem);
+        let mut response = text_response(StatusCode::BAD_REQUEST, "Bad Request");
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+    if !origin_allowed(&state.config, request.headers()) {
+        stats::bump(&counter::handshakes_rejected);
+        log_request(state, peer, "GET", &path, 403, "origin not allowed");
+        return text_response(StatusCode::FORBIDDEN, "Forbidden");
+    }
+    if state
+        .config
+        .max_connections
+        .is_some_and(|max| state.live.lock().len() >= max)
+    {
+        stats::bump(&counter::handshakes_rejected);
+        log_request(state, peer, "GET", &path, 503, "max_connections reached");
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+    }
+    let accept_key = derive_accept_key(
+        request
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .map_or(&b""[..], |k| k.as_bytes()),
+    );
+    let (shared, outbox) = ConnShared::new(state.clone());
+    let (decision_tx, decision_rx) = oneshot::channel();
+    let handshake = Handshake {
+        route_id,
+        path,
+        query_string: request.uri().query().unwrap_or("").to_owned(),
+        scheme: "ws",
+        headers: header_pairs(request.headers()),
+        client: address(peer),
+        server: address(local),
+        path_params,
+        subprotocols: subprotocols(request.headers()),
+        decision: decision_tx,
+    };
+    stats::bump(&counter::connections_opened);
+    state.live.lock().insert(shared.id, shared.clone());
+    state
+        .bridge
+        .push(Event::WebSocket(shared.clone(), Box::new(handshake)));
+    let upgrade = hyper::upgrade::on(&mut request);
+    let decision = tokio::select! {
+        decision = decision_rx => decision.unwrap_or(Decision::Reject(403)),
+        _ = state.shutdown.cancelled() => Decision::Reject(503),
+    };
+    match decision {
+        Decision::Reject(status) => {
+            stats::bump(&counter::handshakes_rejected);
+            shared.end(1006, "handshake refused");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            text_response(status, status.canonical_reason().unwrap_or(""))
+        }
+        Decision::Accept {
+            subprotocol,
+            headers,
+        } => {
+            let config = state.ws_config();
+            let connection = shared.clone();
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(upgraded) => {
+                        let io = TokioIo::new(upgraded);
+                        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
+                            .await;
+                        crate::stream::run(connection, ws, outbox).await;
+                    }
+                    Err(_) => {
+                        connection.end(1006, "the upgrade failed");
+                    }
+                }
+            });
+            switching_protocols(&accept_key, subprotocol, headers)
+        }
+    }
+}
+
+fn switching_protocols(
+    accept_key: &str,
+    subprotocol: Option<String>,
+    extra: Vec<(String, String)>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(accept_key) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(value) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    append_headers(headers, extra);
+    response
+}
+
+fn append_headers(headers: &mut HeaderMap, extra: Vec<(String, String)>) {
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http_request(
+    request: Request<Incoming>,
+    state: &Arc<ServerState>,
+    route_id: usize,
+    path: String,
+    path_params: Vec<(String, String)>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Body> {
+    stats::bump(&counter::http_requests);
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, state.config.http_max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let pending = PendingRequest {
+        route_id,
+        method: parts.method.as_str().to_owned(),
+        path,
+        query_string: parts.uri.query().unwrap_or("").to_owned(),
+        headers: header_pairs(&parts.headers),
+        client: address(peer),
+        server: address(local),
+        path_params,
+        body,
+        reply: reply_tx,
+    };
+    state.bridge.push(Event::Http(Box::new(pending)));
+    match reply_rx.await {
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut response = Response::new(Full::new(body));
+            *response.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            append_headers(response.headers_mut(), headers);
+            response
+        }
+        Err(_) => text_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_key;
+
+    #[test]
+    fn handshake_keys_must_be_sixteen_base64_bytes() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!valid_key(b"not a key at all, no....=="));
+        assert!(!valid_key(b""));
+    }
+}

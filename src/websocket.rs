@@ -1,0 +1,280 @@
+//! `Connection`: one WebSocket as Python's `ferrosock.WebSocket` drives it.
+//!
+//! It holds the handshake data and the app-side state machine (Starlette's
+//! `application_state`), and turns each call into a `Done` or an `Op` awaitable. Runs on the
+//! loop thread only; the IO side is reached through `ConnShared`.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
+use crate::connection::{ConnShared, Decision, Handshake};
+
+const CONNECTING: u8 = 0;
+const CONNECTED: u8 = 1;
+const DISCONNECTED: u8 = 2;
+const RESPONSE: u8 = 3;
+
+#[pyclass(frozen, module = "ferrosock._engine")]
+pub struct Connection {
+    shared: Arc<ConnShared>,
+    #[pyo3(get)]
+    route_id: usize,
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    query_string: String,
+    #[pyo3(get)]
+    scheme: String,
+    #[pyo3(get)]
+    headers: Vec<(String, String)>,
+    #[pyo3(get)]
+    client: (String, u16),
+    #[pyo3(get)]
+    server: (String, u16),
+    path_params: Vec<(String, String)>,
+    #[pyo3(get)]
+    subprotocols: Vec<String>,
+    decision: Mutex<Option<oneshot::Sender<Decision>>>,
+    app_state: AtomicU8,
+    subprotocol: Mutex<Option<String>>,
+    /// Operations finished without waiting since the last wait or fairness yield.
+    streak: AtomicU32,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<ConnShared>, handshake: Handshake) -> Self {
+        Self {
+            shared,
+            route_id: handshake.route_id,
+            path: handshake.path,
+            query_string: handshake.query_string,
+            scheme: handshake.scheme.to_owned(),
+            headers: handshake.headers,
+            client: handshake.client,
+            server: handshake.server,
+            path_params: handshake.path_params,
+            subprotocols: handshake.subprotocols,
+            decision: Mutex::new(Some(handshake.decision)),
+            app_state: AtomicU8::new(CONNECTING),
+            subprotocol: Mutex::new(None),
+            streak: AtomicU32::new(0),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+
+    fn state(&self) -> u8 {
+        self.app_state.load(Ordering::Acquire)
+    }
+
+    fn require_accepted(&self) -> PyResult<()> {
+        match self.state() {
+            CONNECTED | DISCONNECTED => Ok(()),
+            CONNECTING => Err(PyRuntimeError::new_err(
+                "WebSocket is not connected. Need to call \"accept\" first.",
+            )),
+            _ => Err(PyRuntimeError::new_err(
+                "the handshake was refused (closed before \"accept\"); \
+                 this WebSocket can no longer receive or send",
+            )),
+        }
+    }
+
+    /// True when this operation should first yield to the loop (rule: fairness).
+    fn fairness_yield(&self) -> bool {
+        if self.streak.fetch_add(1, Ordering::Relaxed) + 1 >= FAIR_BATCH {
+            self.streak.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn receive_op(&self, py: Python<'_>, kind: OpKind) -> PyResult<Py<PyAny>> {
+        self.require_accepted()?;
+        let op = Op::new(self.shared.clone(), kind, self.fairness_yield());
+        Ok(Py::new(py, op)?.into_any())
+    }
+
+    fn send(&self, py: Python<'_>, message: Message) -> PyResult<Py<PyAny>> {
+        self.require_accepted()?;
+        match self.shared.enqueue(message) {
+            Err(info) => Err(disconnect_error(py, &info)),
+            Ok(queued) if queued > self.shared.server.config.outbox_limit => {
+                let op = Op::new(self.shared.clone(), OpKind::SendDrain, false);
+                Ok(Py::new(py, op)?.into_any())
+            }
+            Ok(_) if self.fairness_yield() => {
+                let op = Op::new(self.shared.clone(), OpKind::Yield, true);
+                Ok(Py::new(py, op)?.into_any())
+            }
+            Ok(_) => done(py),
+        }
+    }
+
+    fn decide(&self, decision: Decision) -> bool {
+        match self.decision.lock().take() {
+            Some(sender) => sender.send(decision).is_ok(),
+            None => false,
+        }
+    }
+}
+
+#[pymethods]
+impl Connection {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    #[getter]
+    fn path_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, value) in &self.path_params {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+
+    #[getter]
+    fn subprotocol(&self) -> Option<String> {
+        self.subprotocol.lock().clone()
+    }
+
+    #[getter]
+    fn application_state(&self) -> u8 {
+        self.state()
+    }
+
+    #[getter]
+    fn client_state(&self) -> u8 {
+        match self.state() {
+            CONNECTING => CONNECTING,
+            RESPONSE => DISCONNECTED,
+            _ if self.shared.is_ended() => DISCONNECTED,
+            _ => CONNECTED,
+        }
+    }
+
+    #[getter]
+    fn latency(&self) -> Option<f64> {
+        match self.shared.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(micros as f64 / 1e6),
+        }
+    }
+
+    #[getter]
+    fn close_code(&self) -> Option<u16> {
+        self.shared.close_info().map(|info| info.code)
+    }
+
+    #[pyo3(signature = (subprotocol=None, headers=None))]
+    fn accept(
+        &self,
+        py: Python<'_>,
+        subprotocol: Option<String>,
+        headers: Option<Vec<(String, String)>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.state() {
+            CONNECTING => {}
+            CONNECTED => {
+                return Err(PyRuntimeError::new_err(
+                    "WebSocket is already accepted; call \"accept\" once per connection",
+                ))
+            }
+            _ => {
+                return Err(PyRuntimeError::new_err(
+                    "cannot call \"accept\" after the WebSocket was closed",
+                ))
+            }
+        }
+        self.app_state.store(CONNECTED, Ordering::Release);
+        *self.subprotocol.lock() = subprotocol.clone();
+        let accepted = self.decide(Decision::Accept {
+            subprotocol,
+            headers: headers.unwrap_or_default(),
+        });
+        if !accepted {
+            self.shared
+                .end(1006, "the client went away before the handshake was accepted");
+        }
+        done(py)
+    }
+
+    #[pyo3(signature = (status=403))]
+    fn reject(&self, status: u16) -> PyResult<()> {
+        if self.state() != CONNECTING {
+            return Err(PyRuntimeError::new_err(
+                "cannot refuse the handshake: the WebSocket was already accepted or closed",
+            ));
+        }
+        self.app_state.store(RESPONSE, Ordering::Release);
+        self.decide(Decision::Reject(status));
+        self.shared.end(1006, "handshake refused");
+        Ok(())
+    }
+
+    fn receive(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.receive_op(py, OpKind::Receive)
+    }
+
+    fn receive_text(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.receive_op(py, OpKind::ReceiveText)
+    }
+
+    fn receive_bytes(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.receive_op(py, OpKind::ReceiveBytes)
+    }
+
+    fn send_text(&self, py: Python<'_>, data: &str) -> PyResult<Py<PyAny>> {
+        self.send(py, Message::Text(data.into()))
+    }
+
+    fn send_bytes(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.send(py, Message::Binary(bytes_of(data)?.into()))
+    }
+
+    #[pyo3(signature = (code=1000, reason=None))]
+    fn close(&self, py: Python<'_>, code: u16, reason: Option<&str>) -> PyResult<Py<PyAny>> {
+        match self.state() {
+            CONNECTING => self.reject(403)?,
+            CONNECTED => {
+                self.app_state.store(DISCONNECTED, Ordering::Release);
+                self.shared.close(code, reason.unwrap_or(""));
+            }
+            _ => {}
+        }
+        done(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Connection {} {}>", self.shared.id, self.path)
+    }
+}
+
+/// The bytes of a `bytes`, `bytearray` or `memoryview`, copied once.
+pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().to_vec());
+    }
+    if let Ok(array) = data.cast::<PyByteArray>() {
+        return Ok(array.to_vec());
+    }
+    if data.hasattr("tobytes")? {
+        return Ok(data.call_method0("tobytes")?.cast::<PyBytes>()?.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "expected bytes, bytearray or memoryview, got {}",
+        data.get_type().name()?
+    )))
+}
