@@ -16,6 +16,7 @@ tests port with their imports changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json as json_module
 import socket
@@ -338,6 +339,7 @@ class WebSocketTestSession:
         self._user_agent = headers.pop("user-agent", USER_AGENT)
         self._headers = headers
         self._connection: Any = None
+        self._exit_stack = contextlib.ExitStack()
         self._client_port = 0
         self._server_exception_seen = False
 
@@ -351,19 +353,22 @@ class WebSocketTestSession:
         sock = socket.create_connection(("127.0.0.1", client.port), timeout=client.timeout)
         self._client_port = sock.getsockname()[1]
         client._outcomes.forget(self._client_port)
+        self._exit_stack = contextlib.ExitStack()
         try:
-            self._connection = client_library.connect(
-                self._url,
-                sock=sock,
-                subprotocols=self._subprotocols or None,
-                additional_headers=self._headers,
-                user_agent_header=self._user_agent,
-                compression=None,
-                proxy=None,
-                open_timeout=client.timeout,
-                close_timeout=client.timeout,
-                ping_interval=None,
-                max_size=None,
+            self._connection = self._exit_stack.enter_context(
+                client_library.connect(
+                    self._url,
+                    sock=sock,
+                    subprotocols=self._subprotocols or None,
+                    additional_headers=self._headers,
+                    user_agent_header=self._user_agent,
+                    compression=None,
+                    proxy=None,
+                    open_timeout=client.timeout,
+                    close_timeout=client.timeout,
+                    ping_interval=None,
+                    max_size=None,
+                )
             )
         except client_library.InvalidStatus as exc:
             sock.close()
@@ -386,6 +391,7 @@ class WebSocketTestSession:
         traceback: TracebackType | None,
     ) -> None:
         self.close(1000)
+        self._exit_stack.close()
         if exc_type is None and not self._server_exception_seen:
             # Wait for the endpoint to finish, to raise what it let escape (Starlette does).
             self._client._raise_server_exception(self._client_port, wait=self._client.timeout)
