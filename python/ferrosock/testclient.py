@@ -97,7 +97,12 @@ class _ServerThread:
     def _serve(self) -> None:
         # Set before the loop starts, so every handler task inherits it.
         endpoint_outcomes.set(self.outcomes.record)
-        asyncio.run(self.server.serve())
+        try:
+            asyncio.run(self.server.serve())
+        except BaseException as exc:
+            if exc is not self.server.error:
+                raise
+            # Reported through ``server.error``: raised by ``start`` or seen as a dead port.
 
     def stop(self) -> None:
         if self.thread.is_alive():
