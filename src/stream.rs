@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -48,6 +48,8 @@ fn error_close(error: &WsError) -> Option<(u16, &'static str)> {
         WsError::Utf8(_) => Some((1007, "invalid UTF-8 in text message")),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some((1009, "message too big")),
         WsError::Capacity(_) => Some((1009, "message too big")),
+        // The peer dropped the TCP connection without a close frame: nothing to answer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(_) | WsError::AttackAttempt => Some((1002, "protocol error")),
         // The socket itself failed or already closed: nothing can be sent.
         _ => None,

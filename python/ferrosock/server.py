@@ -47,16 +47,16 @@ class Server:
         if self._exit_requested:
             self._exit.set()
         try:
-            async with self.app.lifespan_context(self.app):
-                engine = self._start_engine(loop)
-                try:
-                    self._announce()
-                    self.started.set()
-                    with _signals_handled(loop, self.request_shutdown):
+            with _signals_handled(loop, self.request_shutdown):
+                async with self.app.lifespan_context(self.app):
+                    engine = self._start_engine(loop)
+                    try:
+                        self._announce()
+                        self.started.set()
                         await self._exit.wait()
-                    await self._shutdown(engine)
-                finally:
-                    loop.remove_reader(engine.ready_fd)
+                        await self._shutdown(engine)
+                    finally:
+                        loop.remove_reader(engine.ready_fd)
         except BaseException as error:
             self.error = error
             raise
