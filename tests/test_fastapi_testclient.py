@@ -329,7 +329,7 @@ def test_receive_returns_the_close_as_a_message(client):
 def test_receive_times_out_instead_of_hanging():
     with TestClient(socket_app(), timeout=0.3) as client:
         with client.websocket_connect("/silent") as websocket:
-            with pytest.raises(TimeoutError, match="within 0.3 s"):
+            with pytest.raises(TimeoutError, match=r"within 0\.3 s"):
                 websocket.receive_text()
 
 
