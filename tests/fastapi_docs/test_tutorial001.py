@@ -14,7 +14,7 @@ def test_main():
 
 
 def test_websocket():
-    with pytest.raises(WebSocketDisconnect):
+    with pytest.raises(WebSocketDisconnect) as caught:
         with client.websocket_connect("/ws") as websocket:
             message = "Message one"
             websocket.send_text(message)
@@ -24,3 +24,4 @@ def test_websocket():
             websocket.send_text(message)
             data = websocket.receive_text()
             assert data == f"Message text was: {message}"
+    assert caught.value.code == 1000  # the client's close, not a refusal

@@ -20,7 +20,7 @@ def test_main(app):
 
 def test_websocket_with_cookie(app):
     client = TestClient(app, cookies={"session": "fakesession"})
-    with pytest.raises(WebSocketDisconnect):
+    with pytest.raises(WebSocketDisconnect) as caught:
         with client.websocket_connect("/items/foo/ws") as websocket:
             message = "Message one"
             websocket.send_text(message)
@@ -34,11 +34,12 @@ def test_websocket_with_cookie(app):
             assert data == "Session cookie or query token value is: fakesession"
             data = websocket.receive_text()
             assert data == f"Message text was: {message}, for item ID: foo"
+    assert caught.value.code == 1000  # the client's close, not a refusal
 
 
 def test_websocket_with_header_and_query(app):
     client = TestClient(app)
-    with pytest.raises(WebSocketDisconnect):
+    with pytest.raises(WebSocketDisconnect) as caught:
         with client.websocket_connect("/items/2/ws?q=3&token=some-token") as websocket:
             message = "Message one"
             websocket.send_text(message)
@@ -56,6 +57,7 @@ def test_websocket_with_header_and_query(app):
             assert data == "Query parameter q is: 3"
             data = websocket.receive_text()
             assert data == f"Message text was: {message}, for item ID: 2"
+    assert caught.value.code == 1000  # the client's close, not a refusal
 
 
 def test_websocket_no_credentials(app):
