@@ -5,7 +5,7 @@ instead of ``bytes`` because the engine hands headers over already decoded."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from http.cookies import _unquote  # type: ignore[attr-defined]
+from http.cookies import _unquote
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit
 

@@ -282,7 +282,7 @@ class SolveContext:
     async def __aexit__(self, *exc_info: Any) -> bool:
         if self._exit_stack is None:
             return False
-        return await self._exit_stack.__aexit__(*exc_info)
+        return bool(await self._exit_stack.__aexit__(*exc_info))
 
 
 @dataclass(frozen=True, slots=True)

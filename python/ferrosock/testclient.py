@@ -22,7 +22,7 @@ import json as json_module
 import socket
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http.cookies import SimpleCookie
 from types import TracebackType
 from typing import Any
@@ -92,6 +92,7 @@ class _ServerThread:
         if self.server.error is not None:
             self.thread.join(DEFAULT_TIMEOUT)
             raise self.server.error
+        assert self.server.port is not None
         return self.server.port
 
     def _serve(self) -> None:
@@ -170,7 +171,7 @@ class TestClient:
         self._server: _ServerThread | None = None
         self._port: int | None = None
         self._start_lock = threading.Lock()
-        self._stop_server: weakref.finalize | None = None
+        self._stop_server: Callable[[], Any] | None = None
 
     # -- Life cycle -----------------------------------------------------------------------
 
@@ -350,7 +351,8 @@ class WebSocketTestSession:
 
     @property
     def accepted_subprotocol(self) -> str | None:
-        return self._connection.subprotocol
+        subprotocol: str | None = self._connection.subprotocol
+        return subprotocol
 
     def __enter__(self) -> WebSocketTestSession:
         client_library = _import_websockets()
@@ -443,10 +445,12 @@ class WebSocketTestSession:
         return {"type": "websocket.send", "bytes": data}
 
     def receive_text(self) -> str:
-        return self._receive_data("text")
+        text: str = self._receive_data("text")
+        return text
 
     def receive_bytes(self) -> bytes:
-        return self._receive_data("bytes")
+        data: bytes = self._receive_data("bytes")
+        return data
 
     def receive_json(self, mode: str = "text") -> Any:
         if mode == "text":
@@ -500,7 +504,7 @@ class _WebSocketsLibrary:
                 "TestClient.websocket_connect needs the 'websockets' package: "
                 "pip install websockets"
             ) from exc
-        self.connect = connect
+        self.connect: Callable[..., Any] = connect
         self.ConnectionClosed = ConnectionClosed
         self.InvalidStatus = InvalidStatus
 
