@@ -17,7 +17,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))  # lets test modules import core_server, core_support
 
-from core_server import ServerProcess
+from core_server import ServerProcess  # noqa: E402 - needs the sys.path entry above
 
 ASYNC_TEST_TIMEOUT = 60.0
 

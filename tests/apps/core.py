@@ -160,7 +160,7 @@ async def record_disconnect(websocket: WebSocket, key: str):
     try:
         while True:
             await websocket.receive_text()
-    except Exception as error:  # noqa: BLE001 - the test asserts on what ended the loop
+    except Exception as error:
         record_outcome(key, **describe_exception(error))
 
 
@@ -173,7 +173,7 @@ async def send_after_disconnect(websocket: WebSocket, key: str):
         pass
     try:
         await asyncio.wait_for(websocket.send_text("too late"), OUTCOME_WAIT_SECONDS)
-    except Exception as error:  # noqa: BLE001 - recorded for the test to assert on
+    except Exception as error:
         record_outcome(key, **describe_exception(error))
     else:
         record_outcome(key, **describe_exception(None))
@@ -190,7 +190,7 @@ async def send_until_error(websocket: WebSocket, key: str):
 
     try:
         await asyncio.wait_for(send_forever(), OUTCOME_WAIT_SECONDS)
-    except Exception as error:  # noqa: BLE001 - recorded for the test to assert on
+    except Exception as error:
         record_outcome(key, **describe_exception(error))
 
 
@@ -198,7 +198,7 @@ async def send_until_error(websocket: WebSocket, key: str):
 async def receive_before_accept(websocket: WebSocket, key: str):
     try:
         await asyncio.wait_for(websocket.receive_text(), OUTCOME_WAIT_SECONDS)
-    except Exception as error:  # noqa: BLE001 - recorded for the test to assert on
+    except Exception as error:
         record_outcome(key, **describe_exception(error))
     else:
         record_outcome(key, **describe_exception(None))
