@@ -154,6 +154,7 @@ class TestClient:
         self,
         app: Any,
         base_url: str = "http://testserver",
+        *,
         cookies: Mapping[str, str] | None = None,
         raise_server_exceptions: bool = True,
         headers: Mapping[str, str] | None = None,
