@@ -32,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve an app: ferrosock run module:app")
     run.add_argument("app", help="the app as module:attribute, e.g. examples.chat:app")
-    run.add_argument(
-        "--app-dir", default=".", help="directory to import the app from (default: .)"
-    )
+    run.add_argument("--app-dir", default=".", help="directory to import the app from (default: .)")
     hints = typing.get_type_hints(Config)
     for field in fields(Config):
         flag = "--" + field.name.replace("_", "-")

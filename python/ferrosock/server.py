@@ -150,7 +150,10 @@ class Server:
             access_logger.info('%s:%d - "WebSocket %s" 403', host, port, connection.path)
         else:
             access_logger.info(
-                '%s:%d - "WebSocket %s" closed (%s)', host, port, connection.path,
+                '%s:%d - "WebSocket %s" closed (%s)',
+                host,
+                port,
+                connection.path,
                 connection.close_code,
             )
 
@@ -169,7 +172,12 @@ class Server:
             query = f"?{http_request.query_string}" if http_request.query_string else ""
             access_logger.info(
                 '%s:%d - "%s %s%s HTTP/1.1" %d',
-                host, port, http_request.method, http_request.path, query, response.status_code,
+                host,
+                port,
+                http_request.method,
+                http_request.path,
+                query,
+                response.status_code,
             )
 
 
