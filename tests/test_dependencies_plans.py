@@ -8,6 +8,7 @@ from typing import Annotated, Optional, Union
 
 import pytest
 from dependency_support import FakeApp, FakeConnection, run
+
 from ferrosock.dependencies import PlanBuilder, SolveContext
 from ferrosock.exceptions import RequestValidationError
 from ferrosock.params import Cookie, Depends, Header, Path, Query

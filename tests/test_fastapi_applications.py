@@ -4,6 +4,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from dependency_support import run
+
 from ferrosock import App, FastAPI
 from ferrosock.datastructures import State
 from ferrosock.routing import APIRouter

@@ -2,6 +2,7 @@
 
 import pytest
 from dependency_support import FakeHttpRequest, run
+
 from ferrosock.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
 from ferrosock.requests import Request
 

@@ -8,6 +8,7 @@ import enum
 import uuid
 
 import pytest
+
 from ferrosock import status
 from ferrosock.responses import (
     HTMLResponse,

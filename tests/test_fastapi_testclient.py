@@ -5,6 +5,7 @@ import socket
 from contextlib import asynccontextmanager
 
 import pytest
+
 from ferrosock import APIRouter, App, Depends, Header, Query, Request, WebSocket
 from ferrosock.exceptions import HTTPException, WebSocketDisconnect, WebSocketException
 from ferrosock.responses import PlainTextResponse, RedirectResponse, Response

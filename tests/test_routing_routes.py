@@ -5,6 +5,7 @@ import json
 
 import pytest
 from dependency_support import FakeConnection, FakeHttpRequest, run
+
 from ferrosock.applications import App
 from ferrosock.exceptions import HTTPException, WebSocketException
 from ferrosock.params import Depends, Header

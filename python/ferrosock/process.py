@@ -36,7 +36,9 @@ def configure_logging(level: str) -> None:
     try:
         numeric = LOG_LEVELS[level.lower()]
     except KeyError:
-        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        raise ValueError(
+            f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}"
+        ) from None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LevelPrefixFormatter())
     for name in ("ferrosock", "ferrosock.error", "ferrosock.access"):

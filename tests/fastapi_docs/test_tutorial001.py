@@ -1,4 +1,5 @@
 import pytest
+
 from ferrosock.testclient import TestClient
 from ferrosock.websockets import WebSocketDisconnect
 

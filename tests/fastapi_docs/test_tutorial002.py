@@ -1,6 +1,7 @@
 import importlib
 
 import pytest
+
 from ferrosock.testclient import TestClient
 from ferrosock.websockets import WebSocketDisconnect
 
