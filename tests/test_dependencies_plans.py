@@ -1,4 +1,3 @@
-# ruff: noqa: B008 - FastAPI-style markers are calls in parameter defaults
 """Call plans: how a handler's parameters are found, converted and reported, run against a
 stand-in connection (no server needed)."""
 

@@ -5,10 +5,10 @@ Each test names a *group*; a group is one manager, made on first use: a native
 ``drop``, else "close"), or the FastAPI docs' Python class when it starts with ``python``.
 
 - ``/sub/{group}``: a member; sends ``joined <id>`` once registered, answers ``latency``
-  with its ``websocket.latency`` and records how it ended under ``<group>/<id>``.
+  with its ``websocket.latency`` and records how it ended under ``<group>:<id>``.
 - ``/pub/{group}``: a publisher (not a member) driven by JSON commands (see ``publish``).
 - ``/room/{group}/{room}/{name}``: a member of ``room`` driven by JSON commands
-  (see ``room_member``); records how it ended under ``<group>/<name>``.
+  (see ``room_member``); records how it ended under ``<group>:<name>``.
 - ``/stream/{group}``: broadcasts ``0``, ``1``, ... until told ``stop``.
 - ``GET /state/{group}``, ``GET /wait/{group}?members=N``: what the manager reports.
 
@@ -114,7 +114,7 @@ async def subscriber(websocket: WebSocket, group: str):
                 await websocket.send_text(json.dumps({"latency": websocket.latency}))
     except WebSocketDisconnect as error:
         record_outcome(
-            f"{group}/{websocket.id}",
+            f"{group}:{websocket.id}",
             **describe_exception(error),
             still_member=websocket in manager if isinstance(manager, ConnectionManager) else None,
         )
@@ -155,7 +155,8 @@ async def room_member(websocket: WebSocket, group: str, room: str, name: str):
     - ``{"op": "to", "id": i, "text": t}``: ``send_to(i, t)``, answers ``{"sent": bool}``;
     - ``{"op": "join"|"leave", "room": r}``, ``{"op": "disconnect"}``: answers ``{"ok": op}``.
 
-    Answers go through ``send_personal_message``: for a member, in the manager's order.
+    Answers go through ``send_personal_message``: to a member, in the manager's order
+    (after every broadcast asked before them).
     """
     manager = manager_for(group)
     await manager.connect(websocket, room=room)
@@ -175,7 +176,7 @@ async def room_member(websocket: WebSocket, group: str, room: str, name: str):
                 await manager.broadcast_bytes(bytes.fromhex(command["hex"]), room=room)
             elif op == "to":
                 sent = await manager.send_to(command["id"], command["text"])
-                await websocket.send_text(json.dumps({"sent": sent}))
+                await manager.send_personal_message(json.dumps({"sent": sent}), websocket)
             else:
                 if op == "join":
                     manager.join(websocket, command["room"])
@@ -183,11 +184,11 @@ async def room_member(websocket: WebSocket, group: str, room: str, name: str):
                     manager.leave(websocket, command["room"])
                 elif op == "disconnect":
                     manager.disconnect(websocket)
-                await websocket.send_text(json.dumps({"ok": op}))
+                await manager.send_personal_message(json.dumps({"ok": op}), websocket)
     finally:
         # iter_json ends quietly on disconnect: record what the manager says right then.
         record_outcome(
-            f"{group}/{name}",
+            f"{group}:{name}",
             close_code=websocket._connection.close_code,
             still_member=websocket in manager,
             members=len(manager),
