@@ -19,9 +19,8 @@ manager by themselves.
 import asyncio
 import json
 
-from ferrosock import App, ConnectionManager, WebSocket, WebSocketDisconnect
-
 from apps.core import describe_exception, outcome, record_outcome
+from ferrosock import App, ConnectionManager, WebSocket, WebSocketDisconnect
 
 app = App()
 app.add_api_route("/outcome/{key}", outcome)
