@@ -1,0 +1,935 @@
+#!/usr/bin/env python3
+"""Runs the WebSocket benchmark: every server against every workload, one at a time.
+
+Each server runs pinned to CPU 0 (``taskset -c 0``), the Rust load generator to CPU 1;
+servers listen on 127.0.0.1 only and are started and stopped by PID. For each workload
+the load generator reads /proc at the edges of its measured window, and this script
+turns that into throughput, latency, server CPU per operation (the robust figure on a
+shared machine), the other processes' CPU use (to flag noisy results) and ratios
+against FastAPI on uvicorn. Results go to bench/results/<date>.json and .md.
+
+    python bench/run.py                 # everything (about 10 minutes)
+    python bench/run.py --quick         # ferrosock only, ~1 s per workload; CI's smoke test
+    python bench/run.py --setup         # create bench/.venv with the peers and ferrosock
+    python bench/run.py --only fastapi-uvicorn,reference --workloads echo-100,idle-1000
+
+Exit status: 0 when every ferrosock run served correctly (counts and order checked),
+1 when one did not (or ferrosock could not be started), 2 on a usage or build error.
+Peers that fail are recorded in the results but do not fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+APPS = BENCH / "apps"
+VENV = BENCH / ".venv"
+TARGET = BENCH / "target"
+LOADGEN = TARGET / "release" / "loadgen"
+REFERENCE = TARGET / "release" / "reference"
+LOGS = TARGET / "logs"
+HOST = "127.0.0.1"
+SERVER_CPU = 0
+LOADGEN_CPU = 1
+BASELINE = "fastapi-uvicorn"
+
+# A window is flagged noisy when other processes used more than this share of one core
+# (percent), or the hypervisor stole more than this from us.
+NOISY_OTHERS_PCT = 10.0
+NOISY_STEAL_PCT = 5.0
+# The load generator is near saturation: throughput may be the client's limit.
+LOADGEN_BOUND_PCT = 90.0
+# Client connections per idle load-generator process (each stays far below 20 000 files).
+IDLE_CONNS_PER_PROCESS = 6000
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    kind: str  # echo | broadcast | handshake | idle
+    args: tuple[str, ...] = ()
+    conns: int = 0  # idle only
+
+    @property
+    def timed(self) -> bool:
+        return self.kind != "idle"
+
+
+WORKLOADS = [
+    Workload("echo-1", "echo, 1 connection, 64 B", "echo", ("--conns", "1", "--size", "64")),
+    Workload("echo-100", "echo, 100 connections, 64 B", "echo", ("--conns", "100", "--size", "64")),
+    Workload("echo-16k", "echo, 20 connections, 16 KiB", "echo", ("--conns", "20", "--size", "16384")),
+    Workload(
+        "echo-inflight",
+        "echo, 100 connections x 16 in flight, 64 B",
+        "echo",
+        ("--conns", "100", "--size", "64", "--inflight", "16"),
+    ),
+    Workload("broadcast-100", "broadcast to 100 subscribers, 64 B", "broadcast", ("--conns", "100", "--window", "8")),
+    Workload(
+        "broadcast-1000", "broadcast to 1000 subscribers, 64 B", "broadcast", ("--conns", "1000", "--window", "4")
+    ),
+    Workload(
+        "handshake",
+        "handshakes (open, close), 8 at a time",
+        "handshake",
+        ("--concurrency", "8", "--sources", "127.0.0.2-127.0.0.9"),
+    ),
+    Workload("idle-1000", "idle connections: 1 000", "idle", conns=1000),
+    Workload("idle-5000", "idle connections: 5 000", "idle", conns=5000),
+    Workload("idle-18000", "idle connections: 18 000", "idle", conns=18000),
+]
+WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
+QUICK_WORKLOADS = ["echo-100", "echo-inflight", "broadcast-100", "handshake", "idle-1000"]
+
+UNITS = {"echo": "message", "broadcast": "delivery", "handshake": "handshake", "idle": "connection"}
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    name: str
+    title: str
+    python: str | None  # interpreter the server runs under (None: a native binary)
+    argv: list[str]  # {python}, {host}, {port} are filled in
+    modules: tuple[str, ...] = ()  # must import for the server to be available
+    workloads: tuple[str, ...] | None = None  # None: every workload
+    is_ferrosock: bool = False
+    unavailable: str | None = None
+
+    def command(self, port: int) -> list[str]:
+        fill = {"python": self.python or "", "host": HOST, "port": str(port), "apps": str(APPS)}
+        return [part.format(**fill) for part in self.argv]
+
+
+def imports(python: str, modules: tuple[str, ...]) -> str | None:
+    """None when `python` can import every module, else the error's last line."""
+    if not Path(python).exists():
+        return f"{python} does not exist"
+    statement = "; ".join(f"import {m}" for m in modules) or "pass"
+    result = subprocess.run([python, "-c", statement], capture_output=True, text=True, timeout=120)
+    if result.returncode == 0:
+        return None
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
+def find_ferrosock_python(explicit: str | None) -> tuple[str | None, str]:
+    """The interpreter to run ferrosock under, and where it was found (or why not)."""
+    candidates = [explicit] if explicit else []
+    candidates += [
+        os.environ.get("FERROSOCK_PYTHON"),
+        str(VENV / "bin" / "python"),
+        str(REPO / ".venv" / "bin" / "python"),
+        sys.executable,
+    ]
+    problems = []
+    for python in filter(None, candidates):
+        problem = imports(python, ("ferrosock.server",))
+        if problem is None:
+            return python, python
+        problems.append(f"{python}: {problem}")
+        if explicit:
+            break
+    return None, "; ".join(problems)
+
+
+def peer_servers(peer_python: str) -> list[Server]:
+    uvicorn = [
+        "{python}", "-m", "uvicorn", "fastapi_app:app", "--host", "{host}", "--port", "{port}",
+        "--log-level", "warning", "--no-access-log", "--backlog", "4096",
+    ]
+    granian = [
+        "{python}", "-m", "granian", "--interface", "asgi", "--host", "{host}", "--port", "{port}",
+        "--workers", "1", "--runtime-threads", "1", "--log-level", "warning", "--backlog", "4096",
+        "fastapi_app:app",
+    ]
+    return [
+        Server(BASELINE, "FastAPI + uvicorn", peer_python, uvicorn, ("fastapi", "uvicorn", "uvloop")),
+        Server("fastapi-granian", "FastAPI + Granian", peer_python, granian, ("fastapi", "granian")),
+        Server(
+            "websockets",
+            "websockets (own server)",
+            peer_python,
+            ["{python}", "websockets_app.py", "--host", "{host}", "--port", "{port}"],
+            ("websockets",),
+        ),
+        Server(
+            "picows",
+            "picows",
+            peer_python,
+            ["{python}", "picows_app.py", "--host", "{host}", "--port", "{port}"],
+            ("picows",),
+        ),
+        Server(
+            "socketify",
+            "socketify",
+            peer_python,
+            ["{python}", "socketify_app.py", "--host", "{host}", "--port", "{port}"],
+            ("socketify",),
+        ),
+    ]
+
+
+def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
+    def run(app: str) -> list[str]:
+        return [
+            "{python}", "-m", "ferrosock", "run", f"ferrosock_app:{app}", "--app-dir", "{apps}",
+            "--host", "{host}", "--port", "{port}", "--log-level", "warning", "--backlog", "4096",
+        ]
+
+    servers = [
+        Server("ferrosock", "ferrosock (docs' Python manager)", python, run("app"), is_ferrosock=True),
+        Server(
+            "ferrosock-native",
+            "ferrosock (native manager)",
+            python,
+            run("native_app"),
+            workloads=("broadcast-100", "broadcast-1000"),
+            is_ferrosock=True,
+        ),
+    ]
+    if python is None:
+        for server in servers:
+            server.unavailable = f"ferrosock is not importable ({why_not})"
+    return servers
+
+
+def reference_server() -> Server:
+    return Server("reference", "pure Rust (tokio-tungstenite)", None, [str(REFERENCE), "--host", "{host}", "--port", "{port}"])
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def process_tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        ppid = int(text[text.rfind(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    tree, at = [root], 0
+    while at < len(tree):
+        tree.extend(parents.get(tree[at], []))
+        at += 1
+    return tree
+
+
+def tree_rss_bytes(root: int) -> int:
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def raise_open_file_limit() -> None:
+    """In the child before exec: soft RLIMIT_NOFILE up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if shutil.which("taskset") else argv
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A started server: its PID, port and log."""
+
+    def __init__(self, server: Server, label: str):
+        self.server = server
+        self.port = free_port()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{server.name}-{label}.log"
+        self.log = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONPATH=str(APPS), PYTHONUNBUFFERED="1")
+        env.pop("PYTHONHOME", None)
+        self.process = subprocess.Popen(
+            pinned(SERVER_CPU, server.command(self.port)),
+            cwd=APPS,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_open_file_limit,
+            start_new_session=True,
+        )
+        self.pid = self.process.pid  # taskset execs the server: same PID
+
+    def wait_ready(self, timeout: float = 60.0) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return f"exited with status {self.process.returncode}: {self.log_tail()}"
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    time.sleep(0.3)  # let multi-process servers finish starting workers
+                    return None
+            except OSError:
+                time.sleep(0.05)
+        return f"not listening after {timeout:.0f} s: {self.log_tail()}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 6) -> str:
+        self.log.flush()
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self) -> None:
+        tree = process_tree(self.pid) if self.alive() else []
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in tree:  # whatever of this server's own tree outlived the signal
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+
+def run_loadgen(workload: Workload, running: Running, warmup: float, duration: float) -> dict:
+    argv = [
+        str(LOADGEN), workload.kind, *workload.args, "--host", HOST, "--port", str(running.port),
+        "--server-pid", str(running.pid), "--warmup", str(warmup), "--duration", str(duration),
+    ]
+    try:
+        done = subprocess.run(
+            pinned(LOADGEN_CPU, argv),
+            capture_output=True,
+            text=True,
+            timeout=warmup + duration + 120,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "errors": ["load generator timed out"]}
+    return parse_loadgen_output(done.stdout, done.stderr, done.returncode)
+
+
+def parse_loadgen_output(stdout: str, stderr: str, status: int) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            report = json.loads(line)
+            if status not in (0, 1):
+                report["ok"] = False
+                report.setdefault("errors", []).append(f"load generator exit status {status}")
+            return report
+    return {"ok": False, "errors": [f"load generator exit status {status}: {stderr.strip()[-500:]}"]}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def derive(report: dict, workload: Workload) -> dict:
+    """Throughput, latency and CPU figures from one load-generator report."""
+    result: dict = {
+        "ok": bool(report.get("ok")),
+        "errors": report.get("errors", []),
+        "unit": UNITS[workload.kind],
+    }
+    cpu = report.get("cpu")
+    window = report.get("window_s") or 0.0
+    ops = report.get("ops") or 0
+    if not cpu or window <= 0:
+        return result
+    hz = cpu["clk_tck"]
+    total = cpu["total"]
+    server_s = cpu["server_ticks"] / hz
+    loadgen_s = cpu["loadgen_us"] / 1e6
+    process_ticks = total["user"] + total["nice"] + total["system"]
+    others_ticks = max(0, process_ticks - cpu["server_ticks"] - cpu["loadgen_ticks"])
+    pct = lambda seconds: round(100.0 * seconds / window, 1)  # noqa: E731 - share of one core
+    result.update(
+        ops=ops,
+        window_s=window,
+        throughput=ops / window,
+        latency_p50_us=report["latency_us"]["p50"],
+        latency_p99_us=report["latency_us"]["p99"],
+        server_cpu_us_per_op=(server_s * 1e6 / ops) if ops else None,
+        server_cpu_pct=pct(server_s),
+        loadgen_cpu_pct=pct(loadgen_s),
+        others_cpu_pct=pct(others_ticks / hz),
+        softirq_pct=pct(total["softirq"] / hz),
+        steal_pct=pct(total["steal"] / hz),
+        server_processes=cpu["server_processes"],
+        sent=report.get("sent"),
+        received=report.get("received"),
+    )
+    flags = []
+    if result["others_cpu_pct"] > NOISY_OTHERS_PCT:
+        flags.append(f"noisy: other processes used {result['others_cpu_pct']:.0f}% of a core")
+    if result["steal_pct"] > NOISY_STEAL_PCT:
+        flags.append(f"noisy: {result['steal_pct']:.0f}% stolen by the hypervisor")
+    if result["loadgen_cpu_pct"] > LOADGEN_BOUND_PCT:
+        flags.append("client-bound: the load generator was near 100%")
+    result["noisy"] = any(flag.startswith("noisy") for flag in flags)
+    result["flags"] = flags
+    return result
+
+
+def measure_timed(server: Server, workloads: list[Workload], warmup: float, duration: float, say) -> dict:
+    results: dict[str, dict] = {}
+    running: Running | None = None
+    try:
+        for workload in workloads:
+            if running is None or not running.alive():
+                if running is not None:
+                    running.stop()
+                running = Running(server, "timed")
+                problem = running.wait_ready()
+                if problem:
+                    results[workload.name] = {"ok": False, "errors": [f"server did not start: {problem}"]}
+                    running.stop()
+                    running = None
+                    say(f"  {workload.name:15} server did not start: {problem}")
+                    continue
+            report = run_loadgen(workload, running, warmup, duration)
+            result = derive(report, workload)
+            if not running.alive():
+                result["ok"] = False
+                result["errors"].append(f"server died: {running.log_tail()}")
+            results[workload.name] = result
+            say("  " + describe(workload, result))
+    finally:
+        if running is not None:
+            running.stop()
+    return results
+
+
+def measure_idle(server: Server, workload: Workload, say) -> dict:
+    running = Running(server, workload.name)
+    try:
+        problem = running.wait_ready()
+        if problem:
+            say(f"  {workload.name:15} server did not start: {problem}")
+            return {"ok": False, "errors": [f"server did not start: {problem}"]}
+        # Warm the server up with a few connections, then take the baseline.
+        warm = run_loadgen(
+            Workload("warm", "", "echo", ("--conns", "20")), running, warmup=0.0, duration=0.3
+        )
+        time.sleep(0.5)
+        baseline = tree_rss_bytes(running.pid)
+        processes = max(1, math.ceil(workload.conns / IDLE_CONNS_PER_PROCESS))
+        share = [workload.conns // processes + (i < workload.conns % processes) for i in range(processes)]
+        clients = []
+        started = time.monotonic()
+        for i, conns in enumerate(share):
+            first, last = 10 + 8 * i, 17 + 8 * i  # 8 source addresses per client process
+            argv = [
+                str(LOADGEN), "idle", "--host", HOST, "--port", str(running.port), "--conns", str(conns),
+                "--server-pid", str(running.pid), "--hold", "180",
+                "--sources", f"127.0.0.{first}-127.0.0.{last}",
+            ]
+            clients.append(
+                subprocess.Popen(
+                    pinned(LOADGEN_CPU, argv),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    preexec_fn=raise_open_file_limit,
+                )
+            )
+        established = 0
+        for client in clients:
+            line = client.stdout.readline()  # "READY n", or EOF if it failed to open
+            if line.startswith("READY"):
+                established += int(line.split()[1])
+        open_s = time.monotonic() - started
+        time.sleep(1.0)
+        loaded = tree_rss_bytes(running.pid)
+        reports = []
+        for client in clients:
+            client.stdin.close()  # tells every client to close its connections
+        for client in clients:
+            out = client.stdout.read()  # ends when the client exits (its drain is bounded)
+            err = client.stderr.read()
+            client.wait()
+            reports.append(parse_loadgen_output(out, err, client.returncode))
+        errors = [e for r in reports for e in r.get("errors", [])]
+        if not warm.get("ok"):
+            errors = warm.get("errors", []) + errors
+        if not running.alive():
+            errors.append(f"server died: {running.log_tail()}")
+        ok = not errors and established == workload.conns
+        if established != workload.conns:
+            errors.append(f"only {established} of {workload.conns} connections were established")
+        result = {
+            "ok": ok,
+            "errors": errors[:20],
+            "unit": "connection",
+            "connections": established,
+            "rss_baseline_bytes": baseline,
+            "rss_loaded_bytes": loaded,
+            "rss_per_connection_bytes": (loaded - baseline) / established if established else None,
+            "open_s": round(open_s, 2),
+            "opened_per_s": established / open_s if open_s > 0 else None,
+            "client_processes": processes,
+            "closed_clean": sum(r.get("closed_clean", 0) for r in reports),
+            "flags": [],
+            "noisy": False,
+        }
+        say("  " + describe(workload, result))
+        return result
+    finally:
+        running.stop()
+
+
+def describe(workload: Workload, result: dict) -> str:
+    state = "ok " if result.get("ok") else "FAIL"
+    if workload.kind == "idle":
+        per = result.get("rss_per_connection_bytes")
+        text = f"{workload.name:15} {state} {result.get('connections', 0)} conns, " + (
+            f"{per / 1024:.1f} KiB/conn" if per is not None else "no figure"
+        )
+    elif "throughput" in result:
+        cpu = result.get("server_cpu_us_per_op")
+        text = (
+            f"{workload.name:15} {state} {result['throughput']:>10.0f} {result['unit']}/s"
+            f"  p50 {result['latency_p50_us']:>8.0f} us  p99 {result['latency_p99_us']:>8.0f} us"
+            f"  server {cpu if cpu is not None else float('nan'):6.2f} us/op ({result['server_cpu_pct']:.0f}% cpu)"
+            f"  loadgen {result['loadgen_cpu_pct']:.0f}%  others {result['others_cpu_pct']:.0f}%"
+        )
+    else:
+        text = f"{workload.name:15} {state}"
+    if not result.get("ok"):
+        text += "  " + "; ".join(result.get("errors", [])[:3])
+    if result.get("flags"):
+        text += "  [" + "; ".join(result["flags"]) + "]"
+    return text
+
+
+def add_ratios(results: dict) -> None:
+    """Each server against FastAPI+uvicorn: how many times the throughput, how many
+    times less CPU per operation, how many times less memory per idle connection."""
+    baseline = results.get(BASELINE, {})
+    for server_results in results.values():
+        for name, result in server_results.items():
+            base = baseline.get(name)
+            if not base or not base.get("ok") or not result.get("ok"):
+                continue
+            if result.get("throughput") and base.get("throughput"):
+                result["throughput_vs_baseline"] = result["throughput"] / base["throughput"]
+            if result.get("server_cpu_us_per_op") and base.get("server_cpu_us_per_op"):
+                result["cpu_vs_baseline"] = base["server_cpu_us_per_op"] / result["server_cpu_us_per_op"]
+            if result.get("rss_per_connection_bytes") and base.get("rss_per_connection_bytes"):
+                result["memory_vs_baseline"] = base["rss_per_connection_bytes"] / result["rss_per_connection_bytes"]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for limit, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
+def fmt_us(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}×" if value < 10 else f"{value:.0f}×"
+
+
+def markdown(document: dict) -> str:
+    servers = document["servers"]
+    results = document["results"]
+    workloads = [w for w in WORKLOADS if any(w.name in results.get(s["name"], {}) for s in servers)]
+    timed = [w for w in workloads if w.timed]
+    idle = [w for w in workloads if not w.timed]
+    ran = [s for s in servers if results.get(s["name"])]
+    lines = [
+        f"# WebSocket benchmark, {document['started']}",
+        "",
+        f"{document['machine']['cpu']}, {document['machine']['cpus']} CPUs, Linux {document['machine']['kernel']}; "
+        f"servers pinned to CPU {SERVER_CPU}, load generator to CPU {LOADGEN_CPU}; "
+        f"{document['settings']['warmup_s']} s warm-up, {document['settings']['duration_s']} s measured per workload"
+        + (" (quick mode)" if document["settings"]["quick"] else "")
+        + ".",
+        "",
+    ]
+
+    def cell(result: dict | None, value: str) -> str:
+        if result is None:
+            return "—"
+        if not result.get("ok"):
+            return "failed"
+        return value + (" ⚠" if result.get("noisy") else "")
+
+    if timed:
+        lines += [
+            "## Server CPU per operation (µs, lower is better; × = times less CPU than FastAPI + uvicorn)",
+            "",
+            "| server | " + " | ".join(w.name for w in timed) + " |",
+            "|---|" + "---:|" * len(timed),
+        ]
+        for s in ran:
+            row = []
+            for w in timed:
+                r = results[s["name"]].get(w.name)
+                value = fmt_us(r.get("server_cpu_us_per_op")) if r else ""
+                if r and r.get("cpu_vs_baseline") and s["name"] != BASELINE:
+                    value += f" ({fmt_ratio(r['cpu_vs_baseline'])})"
+                row.append(cell(r, value))
+            lines.append(f"| {s['title']} | " + " | ".join(row) + " |")
+        lines += [
+            "",
+            "## Throughput (operations per second; × = times FastAPI + uvicorn)",
+            "",
+            "| server | " + " | ".join(w.name for w in timed) + " |",
+            "|---|" + "---:|" * len(timed),
+        ]
+        for s in ran:
+            row = []
+            for w in timed:
+                r = results[s["name"]].get(w.name)
+                value = fmt_rate(r.get("throughput")) if r else ""
+                if r and r.get("throughput_vs_baseline") and s["name"] != BASELINE:
+                    value += f" ({fmt_ratio(r['throughput_vs_baseline'])})"
+                row.append(cell(r, value))
+            lines.append(f"| {s['title']} | " + " | ".join(row) + " |")
+    if idle:
+        lines += [
+            "",
+            "## Memory per idle connection (KiB of server RSS; × = times less than FastAPI + uvicorn)",
+            "",
+            "| server | " + " | ".join(w.name for w in idle) + " |",
+            "|---|" + "---:|" * len(idle),
+        ]
+        for s in ran:
+            row = []
+            for w in idle:
+                r = results[s["name"]].get(w.name)
+                per = r.get("rss_per_connection_bytes") if r else None
+                value = f"{per / 1024:.1f}" if per is not None else "—"
+                if r and r.get("memory_vs_baseline") and s["name"] != BASELINE:
+                    value += f" ({fmt_ratio(r['memory_vs_baseline'])})"
+                row.append(cell(r, value))
+            lines.append(f"| {s['title']} | " + " | ".join(row) + " |")
+
+    lines += ["", "## Details", ""]
+    for w in timed:
+        lines += [
+            f"### {w.name}: {w.title} (per {UNITS[w.kind]})",
+            "",
+            "| server | ops/s | p50 µs | p99 µs | server µs/op | CPU vs uvicorn | server CPU % | loadgen CPU % | others CPU % | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for s in ran:
+            r = results[s["name"]].get(w.name)
+            if r is None:
+                continue
+            if not r.get("ok") or "throughput" not in r:
+                lines.append(f"| {s['title']} | failed | | | | | | | | {'; '.join(r.get('errors', []))[:200]} |")
+                continue
+            lines.append(
+                f"| {s['title']} | {fmt_rate(r['throughput'])} | {r['latency_p50_us']:.0f} | {r['latency_p99_us']:.0f} "
+                f"| {fmt_us(r['server_cpu_us_per_op'])} | {fmt_ratio(r.get('cpu_vs_baseline'))} | {r['server_cpu_pct']:.0f} "
+                f"| {r['loadgen_cpu_pct']:.0f} | {r['others_cpu_pct']:.0f} | {'; '.join(r.get('flags', []))} |"
+            )
+        lines.append("")
+    if idle:
+        lines += [
+            "### Idle connections (each handler parked in `receive_text`)",
+            "",
+            "| server | connections | RSS before | RSS with connections | KiB per connection | opened per s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for w in idle:
+            for s in ran:
+                r = results[s["name"]].get(w.name)
+                if r is None:
+                    continue
+                if not r.get("ok"):
+                    lines.append(f"| {s['title']} | {w.conns}: failed | | | | {'; '.join(r.get('errors', []))[:200]} |")
+                    continue
+                lines.append(
+                    f"| {s['title']} | {r['connections']} | {r['rss_baseline_bytes'] / 2**20:.1f} MiB "
+                    f"| {r['rss_loaded_bytes'] / 2**20:.1f} MiB | {r['rss_per_connection_bytes'] / 1024:.1f} "
+                    f"| {fmt_rate(r.get('opened_per_s'))} |"
+                )
+        lines.append("")
+    skipped = [s for s in servers if s.get("unavailable")]
+    if skipped:
+        lines += ["## Not run", ""] + [f"- {s['title']}: {s['unavailable']}" for s in skipped] + [""]
+    lines += [
+        "⚠ = noisy window: other processes used more than "
+        f"{NOISY_OTHERS_PCT:.0f}% of a core, or more than {NOISY_STEAL_PCT:.0f}% was stolen by the hypervisor. "
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def setup(log) -> int:
+    """Creates bench/.venv with the peers and installs ferrosock from this repository."""
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=False)
+    if subprocess.run(pip + ["-r", str(BENCH / "requirements.txt")]).returncode != 0:
+        log("installing bench/requirements.txt failed")
+        return 2
+    for line in (BENCH / "requirements-optional.txt").read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if requirement and subprocess.run(pip + [requirement]).returncode != 0:
+            log(f"optional peer {requirement} did not install; it will be skipped")
+    log(f"installing ferrosock from {REPO} (builds the wheel)")
+    if subprocess.run(pip + [str(REPO)]).returncode != 0:
+        log("installing ferrosock failed")
+        return 2
+    return 0
+
+
+def build(quick: bool, log) -> bool:
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        log("cargo is not installed")
+        return LOADGEN.exists() and (quick or REFERENCE.exists())
+    argv = [cargo, "build", "--release", "--quiet", "--manifest-path", str(BENCH / "Cargo.toml"), "--target-dir", str(TARGET)]
+    if quick:
+        argv += ["-p", "ferrosock-bench-loadgen"]
+    return subprocess.run(argv).returncode == 0
+
+
+def versions(peer_python: str, ferrosock_python: str | None) -> dict:
+    found = {"python": platform.python_version()}
+    if Path(peer_python).exists():
+        frozen = subprocess.run([peer_python, "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+        wanted = {"fastapi", "starlette", "uvicorn", "granian", "websockets", "uvloop", "picows", "socketify"}
+        for line in frozen.splitlines():
+            name, _, version = line.partition("==")
+            if name.lower() in wanted:
+                found[name.lower()] = version
+    if ferrosock_python:
+        found["ferrosock"] = subprocess.run(
+            [ferrosock_python, "-c", "import importlib.metadata as m; print(m.version('ferrosock'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip() or "?"
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if commit.returncode == 0:
+        found["commit"] = commit.stdout.strip()
+    return found
+
+
+def machine() -> dict:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(), "memory_gib": round(
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def output_paths(directory: Path, stem: str) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    candidate, n = stem, 1
+    while (directory / f"{candidate}.json").exists():
+        n += 1
+        candidate = f"{stem}-{n}"
+    return directory / f"{candidate}.json", directory / f"{candidate}.md"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="ferrosock only, about a second per workload")
+    parser.add_argument("--setup", action="store_true", help="create bench/.venv (peers + ferrosock) and exit")
+    parser.add_argument("--only", help="comma-separated servers (see --list)")
+    parser.add_argument("--workloads", help="comma-separated workloads (see --list)")
+    parser.add_argument("--list", action="store_true", help="list servers and workloads")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per workload (default 1, quick 0.3)")
+    parser.add_argument("--duration", type=float, help="measured seconds per workload (default 3, quick 1)")
+    parser.add_argument("--budget", type=float, default=840, help="stop starting new servers after this many seconds")
+    parser.add_argument("--ferrosock-python", help="interpreter that imports ferrosock (default: found)")
+    parser.add_argument("--peer-python", default=str(VENV / "bin" / "python"), help="interpreter with the peers")
+    parser.add_argument("--out", type=Path, help="results directory (default bench/results; quick: bench/target/quick-results)")
+    parser.add_argument("--no-build", action="store_true", help="do not run cargo build first")
+    options = parser.parse_args()
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    if options.setup:
+        return setup(log)
+
+    ferrosock_python, where = find_ferrosock_python(options.ferrosock_python)
+    servers = ferrosock_servers(ferrosock_python, where)
+    if not options.quick:
+        servers = peer_servers(options.peer_python) + servers + [reference_server()]
+    if options.list:
+        for s in servers:
+            log(f"server   {s.name:18} {s.title}")
+        for w in WORKLOADS:
+            log(f"workload {w.name:18} {w.title}")
+        return 0
+    if options.only:
+        wanted = set(options.only.split(","))
+        unknown = wanted - {s.name for s in servers}
+        if unknown:
+            log(f"unknown servers: {', '.join(sorted(unknown))} (see --list)")
+            return 2
+        servers = [s for s in servers if s.name in wanted]
+    names = options.workloads.split(",") if options.workloads else (QUICK_WORKLOADS if options.quick else [w.name for w in WORKLOADS])
+    unknown = [n for n in names if n not in WORKLOADS_BY_NAME]
+    if unknown:
+        log(f"unknown workloads: {', '.join(unknown)} (see --list)")
+        return 2
+    selected = [w for w in WORKLOADS if w.name in names]
+    warmup = options.warmup if options.warmup is not None else (0.3 if options.quick else 1.0)
+    duration = options.duration if options.duration is not None else (1.0 if options.quick else 3.0)
+
+    if not options.no_build and not build(options.quick, log):
+        log("building the load generator failed")
+        return 2
+    if not LOADGEN.exists():
+        log(f"{LOADGEN} is missing; run without --no-build")
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        log("warning: fewer than 2 CPUs; server and load generator will share one")
+    try:
+        os.sched_setaffinity(0, {LOADGEN_CPU})  # keep this script off the server's CPU
+    except OSError:
+        pass
+
+    for s in servers:
+        if s.unavailable:
+            continue
+        if s.python is None:
+            if not Path(s.argv[0]).exists():
+                s.unavailable = f"{s.argv[0]} is not built"
+        else:
+            problem = imports(s.python, s.modules)
+            if problem:
+                s.unavailable = f"cannot import {', '.join(s.modules)}: {problem}"
+
+    started = _dt.datetime.now()
+    clock = time.monotonic()
+    results: dict[str, dict] = {}
+    failed_ferrosock = []
+    for s in servers:
+        if s.unavailable:
+            log(f"{s.title}: skipped ({s.unavailable})")
+            if s.is_ferrosock:
+                failed_ferrosock.append(f"{s.name}: {s.unavailable}")
+            continue
+        mine = [w for w in selected if s.workloads is None or w.name in s.workloads]
+        if not mine:
+            continue
+        if time.monotonic() - clock > options.budget:
+            s.unavailable = f"not run: the {options.budget:.0f} s budget was spent"
+            log(f"{s.title}: {s.unavailable}")
+            continue
+        log(f"{s.title}  [{' '.join(s.command(0)[:4])} ...]")
+        results[s.name] = measure_timed(s, [w for w in mine if w.timed], warmup, duration, log)
+        for w in (w for w in mine if not w.timed):
+            results[s.name][w.name] = measure_idle(s, w, log)
+        if s.is_ferrosock:
+            failed_ferrosock += [f"{s.name} {n}" for n, r in results[s.name].items() if not r.get("ok")]
+    add_ratios(results)
+
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "elapsed_s": round(time.monotonic() - clock, 1),
+        "machine": machine(),
+        "settings": {
+            "quick": options.quick,
+            "warmup_s": warmup,
+            "duration_s": duration,
+            "server_cpu": SERVER_CPU,
+            "loadgen_cpu": LOADGEN_CPU,
+            "noisy_others_pct": NOISY_OTHERS_PCT,
+            "noisy_steal_pct": NOISY_STEAL_PCT,
+            "ferrosock_python": ferrosock_python,
+        },
+        "versions": versions(options.peer_python, ferrosock_python),
+        "workloads": {w.name: {"title": w.title, "kind": w.kind, "args": list(w.args), "conns": w.conns} for w in selected},
+        "servers": [
+            {"name": s.name, "title": s.title, "command": s.command(0), "unavailable": s.unavailable} for s in servers
+        ],
+        "results": results,
+    }
+    directory = options.out or (TARGET / "quick-results" if options.quick else BENCH / "results")
+    json_path, md_path = output_paths(directory, started.strftime("%Y-%m-%d"))
+    json_path.write_text(json.dumps(document, indent=1) + "\n")
+    md_path.write_text(markdown(document))
+    log(f"results: {json_path} and {md_path.name} ({document['elapsed_s']:.0f} s)")
+    if failed_ferrosock:
+        log("ferrosock failed to serve: " + "; ".join(failed_ferrosock))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
