@@ -10,14 +10,14 @@ the order it was asked. Sockets that end leave the manager by themselves.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 from . import _engine
 from .websockets import WebSocket, _json_text
 
 
 class ConnectionManager:
-    def __init__(self, *, slow_consumer: str = "close") -> None:
+    def __init__(self, *, slow_consumer: Literal["close", "drop"] = "close") -> None:
         """``slow_consumer``: what a broadcast does to a member whose outbox is full —
         ``"close"`` it with 1013 (the client can reconnect and resync) or ``"drop"`` the
         message for that member (counted in ``stats()["dropped"]``)."""
