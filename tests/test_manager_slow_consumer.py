@@ -1,0 +1,246 @@
+"""A member that stops reading never holds up a native ConnectionManager's broadcasts.
+
+One raw client completes its handshake and then never reads again (its receive window is
+made small, so TCP pushes back quickly); 20 well-behaved clients read everything. A
+publisher broadcasts 5000 messages of 8 KB. The publisher keeps no more than ``WINDOW``
+messages ahead of the slowest *healthy* client — so their outboxes stay under half the
+limit and only the stalled member may overflow — but it never waits for the stalled one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from core_support import (
+    IO_TIMEOUT,
+    OPCODE_CLOSE,
+    OPCODE_TEXT,
+    RawWebSocket,
+    encode_frame,
+    handshake_headers,
+    http_get,
+    outcome,
+    recv,
+)
+from websockets.asyncio.client import connect
+
+OUTBOX_LIMIT = 256 * 1024
+MESSAGE_SIZE = 8 * 1024
+MESSAGES = 5000
+HEALTHY = 20
+BURST = 8
+WINDOW = OUTBOX_LIMIT // 2 // MESSAGE_SIZE  # messages in flight per healthy client at most
+# Growth of the server's resident memory allowed beyond the outbox limits of every socket.
+RSS_SLACK = 8 << 20
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def open_stalled_member(port: int, path: str) -> tuple[RawWebSocket, int]:
+    """A member that reads its ``joined`` line and then nothing: its socket's receive buffer
+    is small and the client stops reading, so the server's writes soon block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.wait_for(
+        asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), IO_TIMEOUT
+    )
+    reader, writer = await asyncio.open_connection(sock=sock)
+    raw = RawWebSocket(reader, writer)
+    status, _ = await raw.handshake(path, handshake_headers(path, port))
+    assert status == 101
+    joined = (await raw.read_frame()).payload.decode()
+    assert joined.startswith("joined "), joined
+    writer.transport.pause_reading()
+    return raw, int(joined.split()[1])
+
+
+class Progress:
+    """How many broadcasts each healthy client has received; awaitable by the publisher."""
+
+    def __init__(self, clients: int) -> None:
+        self.counts = [0] * clients
+        self._target = 0
+        self._reached: asyncio.Future[None] | None = None
+
+    def received(self, client: int) -> None:
+        self.counts[client] += 1
+        if self._reached is not None and min(self.counts) >= self._target:
+            if not self._reached.done():
+                self._reached.set_result(None)
+            self._reached = None
+
+    async def wait_until_all_reach(self, count: int) -> None:
+        if min(self.counts) >= count:
+            return
+        self._target = count
+        self._reached = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(self._reached, IO_TIMEOUT)
+
+
+class HealthyMember(asyncio.Protocol):
+    """A member of ``/sub/{group}`` that reads and checks every frame as it comes.
+
+    Hand-parsed frames rather than a full client library: twenty of these must take in
+    800 MB while sharing two cores with the server, and checking a frame's header and its
+    first 8 bytes is all the test needs. ``wrong`` collects the sequence numbers missed or
+    out of place."""
+
+    def __init__(self, index: int, progress: Progress, request: bytes) -> None:
+        self.index = index
+        self.progress = progress
+        self.request = request
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.expected = 0
+        self.wrong: list[int] = []
+        loop = asyncio.get_running_loop()
+        self.joined: asyncio.Future[str] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    @classmethod
+    async def open(cls, port: int, path: str, index: int, progress: Progress) -> HealthyMember:
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1"]
+        lines += [f"{name}: {value}" for name, value in handshake_headers(path, port).items()]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        _, member = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
+                lambda: cls(index, progress, request), "127.0.0.1", port
+            ),
+            IO_TIMEOUT,
+        )
+        joined = await asyncio.wait_for(member.joined, IO_TIMEOUT)
+        assert joined.startswith("joined "), joined
+        return member
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            assert buffer.startswith(b"HTTP/1.1 101"), bytes(buffer[: end + 4])
+            del buffer[: end + 4]
+            self.upgraded = True
+        position = 0
+        while len(buffer) - position >= 2:
+            opcode = buffer[position] & 0x0F
+            length = buffer[position + 1] & 0x7F
+            start = position + 2
+            if length == 126:
+                start += 2
+                length = int.from_bytes(buffer[position + 2 : start], "big")
+            elif length == 127:
+                start += 8
+                length = int.from_bytes(buffer[position + 2 : start], "big")
+            if len(buffer) < start + length:
+                break
+            self.frame(opcode, buffer, start, length)
+            position = start + length
+        del buffer[:position]
+
+    def frame(self, opcode: int, buffer: bytearray, start: int, length: int) -> None:
+        if not self.joined.done():
+            self.joined.set_result(buffer[start : start + length].decode())
+            return
+        expected = self.expected
+        if opcode != OPCODE_TEXT or length != MESSAGE_SIZE:
+            self.wrong.append(expected)
+        elif buffer[start : start + 8] != b"%08d" % expected:
+            self.wrong.append(expected)
+        self.expected = expected + 1
+        self.progress.received(self.index)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    async def close(self) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_frame(OPCODE_CLOSE, (1000).to_bytes(2, "big")))
+        self.transport.close()
+        await asyncio.wait_for(self.lost, IO_TIMEOUT)
+
+
+async def publish(server, group: str, progress: Progress, rss: list[int]) -> None:
+    async with connect(server.ws_url(f"/pub/{group}"), open_timeout=IO_TIMEOUT) as publisher:
+        sent = 0
+        while sent < MESSAGES:
+            count = min(BURST, MESSAGES - sent)
+            await progress.wait_until_all_reach(sent + count - WINDOW)
+            command = {"op": "burst", "start": sent, "count": count, "size": MESSAGE_SIZE}
+            await publisher.send(json.dumps(command))
+            sent += count
+            assert await recv(publisher) == f"sent {sent}"
+            rss.append(resident_bytes(server.pid))
+
+
+@pytest.mark.parametrize("policy", ["close", "drop"])
+async def test_stalled_member_never_holds_up_the_others(start_server, policy):
+    group = {"close": "slow-close", "drop": "drop-slow"}[policy]
+    server = start_server(
+        "apps.manager_apps:app",
+        "--outbox-limit",
+        str(OUTBOX_LIMIT),
+        "--ws-ping-interval",
+        "0",
+        "--no-access-log",
+    )
+    progress = Progress(HEALTHY)
+    healthy = [
+        await HealthyMember.open(server.port, f"/sub/{group}", index, progress)
+        for index in range(HEALTHY)
+    ]
+    stalled, stalled_id = await open_stalled_member(server.port, f"/sub/{group}")
+    rss_before = resident_bytes(server.pid)
+    rss: list[int] = []
+
+    await publish(server, group, progress, rss)
+    await progress.wait_until_all_reach(MESSAGES)
+    assert progress.counts == [MESSAGES] * HEALTHY
+    for member in healthy:
+        assert not member.wrong, f"client {member.index} missed or misordered {member.wrong[:5]}"
+
+    stats = (await http_get(server.port, f"/state/{group}")).json()
+    if policy == "close":
+        seen = await outcome(server.port, f"{group}:{stalled_id}")
+        assert seen["exception"] == "WebSocketDisconnect"
+        assert seen["code"] == 1013
+        assert seen["still_member"] is False
+        assert stats["stats"]["closed_slow"] == 1
+        assert stats["stats"]["dropped"] == 0
+        assert stats["len"] == HEALTHY
+        assert stalled_id not in stats["active"]
+    else:
+        assert stats["stats"]["closed_slow"] == 0
+        assert stats["stats"]["dropped"] > 0
+        assert stats["len"] == HEALTHY + 1
+        assert stalled_id in stats["active"]
+        # Everything the stalled member missed was dropped, nothing else.
+        assert stats["stats"]["delivered"] + stats["stats"]["dropped"] == (HEALTHY + 1) * MESSAGES
+    assert stats["stats"]["broadcasts"] == MESSAGES
+
+    outbox_bound = (HEALTHY + 2) * OUTBOX_LIMIT
+    growth = max(rss) - rss_before
+    assert growth <= outbox_bound + RSS_SLACK, (
+        f"server RSS grew by {growth >> 10} KiB (from {rss_before >> 10} KiB), more than the "
+        f"outbox limits ({outbox_bound >> 10} KiB) + {RSS_SLACK >> 10} KiB"
+    )
+    stalled.vanish()
+    for member in healthy:
+        await member.close()
