@@ -60,6 +60,14 @@ async def test_send_after_peer_closed_raises_websocket_disconnect(core_server):
     assert "WebSocketDisconnect" in seen["kinds"], seen
 
 
+async def test_send_after_own_close_raises_websocket_disconnect(core_server):
+    key = new_key()
+    async with connect(core_server.ws_url(f"/send-after-own-close/{key}"), open_timeout=10) as ws:
+        assert await close_code_after_recv(ws) == 1000
+    seen = await outcome(core_server.port, key)
+    assert "WebSocketDisconnect" in seen["kinds"], seen
+
+
 async def test_send_to_vanished_peer_raises_websocket_disconnect(core_server):
     key = new_key()
     raw = await RawWebSocket.open(core_server.port, f"/send-until-error/{key}")

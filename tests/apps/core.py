@@ -203,3 +203,15 @@ async def receive_before_accept(websocket: WebSocket, key: str):
     else:
         record_outcome(key, **describe_exception(None))
     await websocket.close()  # refuse the handshake
+
+
+@app.websocket("/send-after-own-close/{key}")
+async def send_after_own_close(websocket: WebSocket, key: str):
+    await websocket.accept()
+    await websocket.close()
+    try:
+        await asyncio.wait_for(websocket.send_text("too late"), OUTCOME_WAIT_SECONDS)
+    except Exception as error:
+        record_outcome(key, **describe_exception(error))
+    else:
+        record_outcome(key, **describe_exception(None))
