@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -78,16 +78,26 @@ class Workload:
 WORKLOADS = [
     Workload("echo-1", "echo, 1 connection, 64 B", "echo", ("--conns", "1", "--size", "64")),
     Workload("echo-100", "echo, 100 connections, 64 B", "echo", ("--conns", "100", "--size", "64")),
-    Workload("echo-16k", "echo, 20 connections, 16 KiB", "echo", ("--conns", "20", "--size", "16384")),
+    Workload(
+        "echo-16k", "echo, 20 connections, 16 KiB", "echo", ("--conns", "20", "--size", "16384")
+    ),
     Workload(
         "echo-inflight",
         "echo, 100 connections x 16 in flight, 64 B",
         "echo",
         ("--conns", "100", "--size", "64", "--inflight", "16"),
     ),
-    Workload("broadcast-100", "broadcast to 100 subscribers, 64 B", "broadcast", ("--conns", "100", "--window", "8")),
     Workload(
-        "broadcast-1000", "broadcast to 1000 subscribers, 64 B", "broadcast", ("--conns", "1000", "--window", "4")
+        "broadcast-100",
+        "broadcast to 100 subscribers, 64 B",
+        "broadcast",
+        ("--conns", "100", "--window", "8"),
+    ),
+    Workload(
+        "broadcast-1000",
+        "broadcast to 1000 subscribers, 64 B",
+        "broadcast",
+        ("--conns", "1000", "--window", "4"),
     ),
     Workload(
         "handshake",
@@ -158,17 +168,47 @@ def find_ferrosock_python(explicit: str | None) -> tuple[str | None, str]:
 
 def peer_servers(peer_python: str) -> list[Server]:
     uvicorn = [
-        "{python}", "-m", "uvicorn", "fastapi_app:app", "--host", "{host}", "--port", "{port}",
-        "--log-level", "warning", "--no-access-log", "--backlog", "4096",
+        "{python}",
+        "-m",
+        "uvicorn",
+        "fastapi_app:app",
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--backlog",
+        "4096",
     ]
     granian = [
-        "{python}", "-m", "granian", "--interface", "asgi", "--host", "{host}", "--port", "{port}",
-        "--workers", "1", "--runtime-threads", "1", "--log-level", "warning", "--backlog", "4096",
+        "{python}",
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "--workers",
+        "1",
+        "--runtime-threads",
+        "1",
+        "--log-level",
+        "warning",
+        "--backlog",
+        "4096",
         "fastapi_app:app",
     ]
     return [
-        Server(BASELINE, "FastAPI + uvicorn", peer_python, uvicorn, ("fastapi", "uvicorn", "uvloop")),
-        Server("fastapi-granian", "FastAPI + Granian", peer_python, granian, ("fastapi", "granian")),
+        Server(
+            BASELINE, "FastAPI + uvicorn", peer_python, uvicorn, ("fastapi", "uvicorn", "uvloop")
+        ),
+        Server(
+            "fastapi-granian", "FastAPI + Granian", peer_python, granian, ("fastapi", "granian")
+        ),
         Server(
             "websockets",
             "websockets (own server)",
@@ -196,12 +236,27 @@ def peer_servers(peer_python: str) -> list[Server]:
 def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
     def run(app: str) -> list[str]:
         return [
-            "{python}", "-m", "ferrosock", "run", f"ferrosock_app:{app}", "--app-dir", "{apps}",
-            "--host", "{host}", "--port", "{port}", "--log-level", "warning", "--backlog", "4096",
+            "{python}",
+            "-m",
+            "ferrosock",
+            "run",
+            f"ferrosock_app:{app}",
+            "--app-dir",
+            "{apps}",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
         ]
 
     servers = [
-        Server("ferrosock", "ferrosock (docs' Python manager)", python, run("app"), is_ferrosock=True),
+        Server(
+            "ferrosock", "ferrosock (docs' Python manager)", python, run("app"), is_ferrosock=True
+        ),
         Server(
             "ferrosock-native",
             "ferrosock (native manager)",
@@ -218,7 +273,12 @@ def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
 
 
 def reference_server() -> Server:
-    return Server("reference", "pure Rust (tokio-tungstenite)", None, [str(REFERENCE), "--host", "{host}", "--port", "{port}"])
+    return Server(
+        "reference",
+        "pure Rust (tokio-tungstenite)",
+        None,
+        [str(REFERENCE), "--host", "{host}", "--port", "{port}"],
+    )
 
 
 # --------------------------------------------------------------------------- /proc
@@ -345,8 +405,19 @@ class Running:
 
 def run_loadgen(workload: Workload, running: Running, warmup: float, duration: float) -> dict:
     argv = [
-        str(LOADGEN), workload.kind, *workload.args, "--host", HOST, "--port", str(running.port),
-        "--server-pid", str(running.pid), "--warmup", str(warmup), "--duration", str(duration),
+        str(LOADGEN),
+        workload.kind,
+        *workload.args,
+        "--host",
+        HOST,
+        "--port",
+        str(running.port),
+        "--server-pid",
+        str(running.pid),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
     ]
     try:
         done = subprocess.run(
@@ -368,7 +439,10 @@ def parse_loadgen_output(stdout: str, stderr: str, status: int) -> dict:
                 report["ok"] = False
                 report.setdefault("errors", []).append(f"load generator exit status {status}")
             return report
-    return {"ok": False, "errors": [f"load generator exit status {status}: {stderr.strip()[-500:]}"]}
+    return {
+        "ok": False,
+        "errors": [f"load generator exit status {status}: {stderr.strip()[-500:]}"],
+    }
 
 
 # --------------------------------------------------------------------------- measuring
@@ -421,7 +495,9 @@ def derive(report: dict, workload: Workload) -> dict:
     return result
 
 
-def measure_timed(server: Server, workloads: list[Workload], warmup: float, duration: float, say) -> dict:
+def measure_timed(
+    server: Server, workloads: list[Workload], warmup: float, duration: float, retries: int, say
+) -> dict:
     results: dict[str, dict] = {}
     running: Running | None = None
     try:
@@ -432,13 +508,26 @@ def measure_timed(server: Server, workloads: list[Workload], warmup: float, dura
                 running = Running(server, "timed")
                 problem = running.wait_ready()
                 if problem:
-                    results[workload.name] = {"ok": False, "errors": [f"server did not start: {problem}"]}
+                    results[workload.name] = {
+                        "ok": False,
+                        "errors": [f"server did not start: {problem}"],
+                    }
                     running.stop()
                     running = None
                     say(f"  {workload.name:15} server did not start: {problem}")
                     continue
-            report = run_loadgen(workload, running, warmup, duration)
-            result = derive(report, workload)
+            result = None
+            for attempt in range(1 + retries):
+                candidate = derive(run_loadgen(workload, running, warmup, duration), workload)
+                candidate["attempts"] = attempt + 1
+                if result is None or (
+                    candidate.get("ok")
+                    and candidate.get("others_cpu_pct", 1e9) < result.get("others_cpu_pct", 1e9)
+                ):
+                    result = candidate
+                # A noisy window is measured again; the quietest attempt is kept.
+                if not (candidate.get("ok") and candidate.get("noisy")) or not running.alive():
+                    break
             if not running.alive():
                 result["ok"] = False
                 result["errors"].append(f"server died: {running.log_tail()}")
@@ -464,15 +553,28 @@ def measure_idle(server: Server, workload: Workload, say) -> dict:
         time.sleep(0.5)
         baseline = tree_rss_bytes(running.pid)
         processes = max(1, math.ceil(workload.conns / IDLE_CONNS_PER_PROCESS))
-        share = [workload.conns // processes + (i < workload.conns % processes) for i in range(processes)]
+        share = [
+            workload.conns // processes + (i < workload.conns % processes) for i in range(processes)
+        ]
         clients = []
         started = time.monotonic()
         for i, conns in enumerate(share):
             first, last = 10 + 8 * i, 17 + 8 * i  # 8 source addresses per client process
             argv = [
-                str(LOADGEN), "idle", "--host", HOST, "--port", str(running.port), "--conns", str(conns),
-                "--server-pid", str(running.pid), "--hold", "180",
-                "--sources", f"127.0.0.{first}-127.0.0.{last}",
+                str(LOADGEN),
+                "idle",
+                "--host",
+                HOST,
+                "--port",
+                str(running.port),
+                "--conns",
+                str(conns),
+                "--server-pid",
+                str(running.pid),
+                "--hold",
+                "180",
+                "--sources",
+                f"127.0.0.{first}-127.0.0.{last}",
             ]
             clients.append(
                 subprocess.Popen(
@@ -541,7 +643,7 @@ def describe(workload: Workload, result: dict) -> str:
         text = (
             f"{workload.name:15} {state} {result['throughput']:>10.0f} {result['unit']}/s"
             f"  p50 {result['latency_p50_us']:>8.0f} us  p99 {result['latency_p99_us']:>8.0f} us"
-            f"  server {cpu if cpu is not None else float('nan'):6.2f} us/op ({result['server_cpu_pct']:.0f}% cpu)"
+            f"  server {fmt_us(cpu):>6} us/op ({result['server_cpu_pct']:.0f}% cpu)"
             f"  loadgen {result['loadgen_cpu_pct']:.0f}%  others {result['others_cpu_pct']:.0f}%"
         )
     else:
@@ -565,9 +667,13 @@ def add_ratios(results: dict) -> None:
             if result.get("throughput") and base.get("throughput"):
                 result["throughput_vs_baseline"] = result["throughput"] / base["throughput"]
             if result.get("server_cpu_us_per_op") and base.get("server_cpu_us_per_op"):
-                result["cpu_vs_baseline"] = base["server_cpu_us_per_op"] / result["server_cpu_us_per_op"]
+                result["cpu_vs_baseline"] = (
+                    base["server_cpu_us_per_op"] / result["server_cpu_us_per_op"]
+                )
             if result.get("rss_per_connection_bytes") and base.get("rss_per_connection_bytes"):
-                result["memory_vs_baseline"] = base["rss_per_connection_bytes"] / result["rss_per_connection_bytes"]
+                result["memory_vs_baseline"] = (
+                    base["rss_per_connection_bytes"] / result["rss_per_connection_bytes"]
+                )
 
 
 # --------------------------------------------------------------------------- reports
@@ -588,135 +694,167 @@ def fmt_us(value: float | None) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def fmt_kib(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1024:.1f}"
+
+
 def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}×" if value < 10 else f"{value:.0f}×"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def summary_cell(result: dict | None, value: str, ratio: float | None) -> str:
+    if result is None:
+        return "—"
+    if not result.get("ok"):
+        return "failed"
+    if ratio is not None:
+        value += f" ({fmt_ratio(ratio)})"
+    return value + (" ⚠" if result.get("noisy") else "")
+
+
+def errors_text(result: dict) -> str:
+    return "; ".join(result.get("errors", []))[:200].replace("|", "/")
+
+
+def detail_row(title: str, r: dict) -> list[str]:
+    if not r.get("ok") or "throughput" not in r:
+        return [title, "failed", "", "", "", "", "", "", "", errors_text(r)]
+    return [
+        title,
+        fmt_rate(r["throughput"]),
+        f"{r['latency_p50_us']:.0f}",
+        f"{r['latency_p99_us']:.0f}",
+        fmt_us(r["server_cpu_us_per_op"]),
+        fmt_ratio(r.get("cpu_vs_baseline")),
+        f"{r['server_cpu_pct']:.0f}",
+        f"{r['loadgen_cpu_pct']:.0f}",
+        f"{r['others_cpu_pct']:.0f}",
+        "; ".join(r.get("flags", [])),
+    ]
+
+
+def idle_row(title: str, conns: int, r: dict) -> list[str]:
+    if not r.get("ok"):
+        return [title, f"{conns}: failed", "", "", "", errors_text(r)]
+    return [
+        title,
+        str(r["connections"]),
+        f"{r['rss_baseline_bytes'] / 2**20:.1f} MiB",
+        f"{r['rss_loaded_bytes'] / 2**20:.1f} MiB",
+        f"{r['rss_per_connection_bytes'] / 1024:.1f}",
+        fmt_rate(r.get("opened_per_s")),
+    ]
+
+
+DETAIL_HEADER = [
+    "server",
+    "ops/s",
+    "p50 µs",
+    "p99 µs",
+    "server µs/op",
+    "CPU vs uvicorn",
+    "server CPU %",
+    "loadgen CPU %",
+    "others CPU %",
+    "notes",
+]
+IDLE_HEADER = [
+    "server",
+    "connections",
+    "RSS before",
+    "RSS with connections",
+    "KiB per connection",
+    "opened per s",
+]
 
 
 def markdown(document: dict) -> str:
     servers = document["servers"]
     results = document["results"]
-    workloads = [w for w in WORKLOADS if any(w.name in results.get(s["name"], {}) for s in servers)]
+    ran = [s for s in servers if results.get(s["name"])]
+    workloads = [w for w in WORKLOADS if any(w.name in results[s["name"]] for s in ran)]
     timed = [w for w in workloads if w.timed]
     idle = [w for w in workloads if not w.timed]
-    ran = [s for s in servers if results.get(s["name"])]
+    where, settings = document["machine"], document["settings"]
     lines = [
         f"# WebSocket benchmark, {document['started']}",
         "",
-        f"{document['machine']['cpu']}, {document['machine']['cpus']} CPUs, Linux {document['machine']['kernel']}; "
-        f"servers pinned to CPU {SERVER_CPU}, load generator to CPU {LOADGEN_CPU}; "
-        f"{document['settings']['warmup_s']} s warm-up, {document['settings']['duration_s']} s measured per workload"
-        + (" (quick mode)" if document["settings"]["quick"] else "")
+        f"{where['cpu']}, {where['cpus']} CPUs, Linux {where['kernel']}; servers pinned to "
+        f"CPU {SERVER_CPU}, load generator to CPU {LOADGEN_CPU}; {settings['warmup_s']} s "
+        f"warm-up, {settings['duration_s']} s measured per workload"
+        + (" (quick mode)" if settings["quick"] else "")
         + ".",
         "",
     ]
 
-    def cell(result: dict | None, value: str) -> str:
-        if result is None:
-            return "—"
-        if not result.get("ok"):
-            return "failed"
-        return value + (" ⚠" if result.get("noisy") else "")
+    def summary(heading: str, names: list[Workload], figure, ratio_key: str) -> list[str]:
+        rows = []
+        for s in ran:
+            row = [s["title"]]
+            for w in names:
+                r = results[s["name"]].get(w.name)
+                ratio = r.get(ratio_key) if r and s["name"] != BASELINE else None
+                row.append(summary_cell(r, figure(r) if r else "", ratio))
+            rows.append(row)
+        return [heading, "", *table(["server", *(w.name for w in names)], rows)]
 
     if timed:
-        lines += [
-            "## Server CPU per operation (µs, lower is better; × = times less CPU than FastAPI + uvicorn)",
-            "",
-            "| server | " + " | ".join(w.name for w in timed) + " |",
-            "|---|" + "---:|" * len(timed),
-        ]
-        for s in ran:
-            row = []
-            for w in timed:
-                r = results[s["name"]].get(w.name)
-                value = fmt_us(r.get("server_cpu_us_per_op")) if r else ""
-                if r and r.get("cpu_vs_baseline") and s["name"] != BASELINE:
-                    value += f" ({fmt_ratio(r['cpu_vs_baseline'])})"
-                row.append(cell(r, value))
-            lines.append(f"| {s['title']} | " + " | ".join(row) + " |")
-        lines += [
-            "",
+        lines += summary(
+            "## Server CPU per operation (µs; lower is better; × = times less than uvicorn)",
+            timed,
+            lambda r: fmt_us(r.get("server_cpu_us_per_op")),
+            "cpu_vs_baseline",
+        )
+        lines += summary(
             "## Throughput (operations per second; × = times FastAPI + uvicorn)",
-            "",
-            "| server | " + " | ".join(w.name for w in timed) + " |",
-            "|---|" + "---:|" * len(timed),
-        ]
-        for s in ran:
-            row = []
-            for w in timed:
-                r = results[s["name"]].get(w.name)
-                value = fmt_rate(r.get("throughput")) if r else ""
-                if r and r.get("throughput_vs_baseline") and s["name"] != BASELINE:
-                    value += f" ({fmt_ratio(r['throughput_vs_baseline'])})"
-                row.append(cell(r, value))
-            lines.append(f"| {s['title']} | " + " | ".join(row) + " |")
+            timed,
+            lambda r: fmt_rate(r.get("throughput")),
+            "throughput_vs_baseline",
+        )
     if idle:
-        lines += [
-            "",
-            "## Memory per idle connection (KiB of server RSS; × = times less than FastAPI + uvicorn)",
-            "",
-            "| server | " + " | ".join(w.name for w in idle) + " |",
-            "|---|" + "---:|" * len(idle),
-        ]
-        for s in ran:
-            row = []
-            for w in idle:
-                r = results[s["name"]].get(w.name)
-                per = r.get("rss_per_connection_bytes") if r else None
-                value = f"{per / 1024:.1f}" if per is not None else "—"
-                if r and r.get("memory_vs_baseline") and s["name"] != BASELINE:
-                    value += f" ({fmt_ratio(r['memory_vs_baseline'])})"
-                row.append(cell(r, value))
-            lines.append(f"| {s['title']} | " + " | ".join(row) + " |")
+        lines += summary(
+            "## Memory per idle connection (KiB of server RSS; × = times less than uvicorn)",
+            idle,
+            lambda r: fmt_kib(r.get("rss_per_connection_bytes")),
+            "memory_vs_baseline",
+        )
 
-    lines += ["", "## Details", ""]
+    lines += ["## Details", ""]
     for w in timed:
-        lines += [
-            f"### {w.name}: {w.title} (per {UNITS[w.kind]})",
-            "",
-            "| server | ops/s | p50 µs | p99 µs | server µs/op | CPU vs uvicorn | server CPU % | loadgen CPU % | others CPU % | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        rows = [
+            detail_row(s["title"], results[s["name"]][w.name])
+            for s in ran
+            if w.name in results[s["name"]]
         ]
-        for s in ran:
-            r = results[s["name"]].get(w.name)
-            if r is None:
-                continue
-            if not r.get("ok") or "throughput" not in r:
-                lines.append(f"| {s['title']} | failed | | | | | | | | {'; '.join(r.get('errors', []))[:200]} |")
-                continue
-            lines.append(
-                f"| {s['title']} | {fmt_rate(r['throughput'])} | {r['latency_p50_us']:.0f} | {r['latency_p99_us']:.0f} "
-                f"| {fmt_us(r['server_cpu_us_per_op'])} | {fmt_ratio(r.get('cpu_vs_baseline'))} | {r['server_cpu_pct']:.0f} "
-                f"| {r['loadgen_cpu_pct']:.0f} | {r['others_cpu_pct']:.0f} | {'; '.join(r.get('flags', []))} |"
-            )
-        lines.append("")
+        lines += [f"### {w.name}: {w.title} (per {UNITS[w.kind]})", "", *table(DETAIL_HEADER, rows)]
     if idle:
+        rows = [
+            idle_row(s["title"], w.conns, results[s["name"]][w.name])
+            for w in idle
+            for s in ran
+            if w.name in results[s["name"]]
+        ]
         lines += [
             "### Idle connections (each handler parked in `receive_text`)",
             "",
-            "| server | connections | RSS before | RSS with connections | KiB per connection | opened per s |",
-            "|---|---:|---:|---:|---:|---:|",
+            *table(IDLE_HEADER, rows),
         ]
-        for w in idle:
-            for s in ran:
-                r = results[s["name"]].get(w.name)
-                if r is None:
-                    continue
-                if not r.get("ok"):
-                    lines.append(f"| {s['title']} | {w.conns}: failed | | | | {'; '.join(r.get('errors', []))[:200]} |")
-                    continue
-                lines.append(
-                    f"| {s['title']} | {r['connections']} | {r['rss_baseline_bytes'] / 2**20:.1f} MiB "
-                    f"| {r['rss_loaded_bytes'] / 2**20:.1f} MiB | {r['rss_per_connection_bytes'] / 1024:.1f} "
-                    f"| {fmt_rate(r.get('opened_per_s'))} |"
-                )
-        lines.append("")
     skipped = [s for s in servers if s.get("unavailable")]
     if skipped:
-        lines += ["## Not run", ""] + [f"- {s['title']}: {s['unavailable']}" for s in skipped] + [""]
+        lines += ["## Not run", "", *(f"- {s['title']}: {s['unavailable']}" for s in skipped), ""]
+    versions = ", ".join(f"{k} {v}" for k, v in document["versions"].items())
     lines += [
-        "⚠ = noisy window: other processes used more than "
-        f"{NOISY_OTHERS_PCT:.0f}% of a core, or more than {NOISY_STEAL_PCT:.0f}% was stolen by the hypervisor. "
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in document["versions"].items()) + ".",
+        f"⚠ = noisy window: other processes used more than {NOISY_OTHERS_PCT:.0f}% of a core, "
+        f"or more than {NOISY_STEAL_PCT:.0f}% was stolen by the hypervisor.",
+        "",
+        f"Versions: {versions}.",
         "",
     ]
     return "\n".join(lines)
@@ -730,16 +868,16 @@ def setup(log) -> int:
     if not (VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run(pip + ["--upgrade", "pip"], check=False)
-    if subprocess.run(pip + ["-r", str(BENCH / "requirements.txt")]).returncode != 0:
+    subprocess.run([*pip, "--upgrade", "pip"], check=False)
+    if subprocess.run([*pip, "-r", str(BENCH / "requirements.txt")]).returncode != 0:
         log("installing bench/requirements.txt failed")
         return 2
     for line in (BENCH / "requirements-optional.txt").read_text().splitlines():
         requirement = line.split("#")[0].strip()
-        if requirement and subprocess.run(pip + [requirement]).returncode != 0:
+        if requirement and subprocess.run([*pip, requirement]).returncode != 0:
             log(f"optional peer {requirement} did not install; it will be skipped")
     log(f"installing ferrosock from {REPO} (builds the wheel)")
-    if subprocess.run(pip + [str(REPO)]).returncode != 0:
+    if subprocess.run([*pip, str(REPO)]).returncode != 0:
         log("installing ferrosock failed")
         return 2
     return 0
@@ -750,7 +888,16 @@ def build(quick: bool, log) -> bool:
     if cargo is None:
         log("cargo is not installed")
         return LOADGEN.exists() and (quick or REFERENCE.exists())
-    argv = [cargo, "build", "--release", "--quiet", "--manifest-path", str(BENCH / "Cargo.toml"), "--target-dir", str(TARGET)]
+    argv = [
+        cargo,
+        "build",
+        "--release",
+        "--quiet",
+        "--manifest-path",
+        str(BENCH / "Cargo.toml"),
+        "--target-dir",
+        str(TARGET),
+    ]
     if quick:
         argv += ["-p", "ferrosock-bench-loadgen"]
     return subprocess.run(argv).returncode == 0
@@ -759,19 +906,39 @@ def build(quick: bool, log) -> bool:
 def versions(peer_python: str, ferrosock_python: str | None) -> dict:
     found = {"python": platform.python_version()}
     if Path(peer_python).exists():
-        frozen = subprocess.run([peer_python, "-m", "pip", "freeze"], capture_output=True, text=True).stdout
-        wanted = {"fastapi", "starlette", "uvicorn", "granian", "websockets", "uvloop", "picows", "socketify"}
+        frozen = subprocess.run(
+            [peer_python, "-m", "pip", "freeze"], capture_output=True, text=True
+        ).stdout
+        wanted = {
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "granian",
+            "websockets",
+            "uvloop",
+            "picows",
+            "socketify",
+        }
         for line in frozen.splitlines():
             name, _, version = line.partition("==")
             if name.lower() in wanted:
                 found[name.lower()] = version
     if ferrosock_python:
-        found["ferrosock"] = subprocess.run(
-            [ferrosock_python, "-c", "import importlib.metadata as m; print(m.version('ferrosock'))"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip() or "?"
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        found["ferrosock"] = (
+            subprocess.run(
+                [
+                    ferrosock_python,
+                    "-c",
+                    "import importlib.metadata as m; print(m.version('ferrosock'))",
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            or "?"
+        )
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     if commit.returncode == 0:
         found["commit"] = commit.stdout.strip()
     return found
@@ -786,8 +953,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(), "memory_gib": round(
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
 
 
 def output_paths(directory: Path, stem: str) -> tuple[Path, Path]:
@@ -803,18 +974,49 @@ def output_paths(directory: Path, stem: str) -> tuple[Path, Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="ferrosock only, about a second per workload")
-    parser.add_argument("--setup", action="store_true", help="create bench/.venv (peers + ferrosock) and exit")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="ferrosock only, about a second per workload"
+    )
+    parser.add_argument(
+        "--setup", action="store_true", help="create bench/.venv (peers + ferrosock) and exit"
+    )
     parser.add_argument("--only", help="comma-separated servers (see --list)")
     parser.add_argument("--workloads", help="comma-separated workloads (see --list)")
     parser.add_argument("--list", action="store_true", help="list servers and workloads")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up per workload (default 1, quick 0.3)")
-    parser.add_argument("--duration", type=float, help="measured seconds per workload (default 3, quick 1)")
-    parser.add_argument("--budget", type=float, default=840, help="stop starting new servers after this many seconds")
-    parser.add_argument("--ferrosock-python", help="interpreter that imports ferrosock (default: found)")
-    parser.add_argument("--peer-python", default=str(VENV / "bin" / "python"), help="interpreter with the peers")
-    parser.add_argument("--out", type=Path, help="results directory (default bench/results; quick: bench/target/quick-results)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of warm-up per workload (default 1, quick 0.3)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds per workload (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=840,
+        help="stop starting new servers after this many seconds",
+    )
+    parser.add_argument(
+        "--ferrosock-python", help="interpreter that imports ferrosock (default: found)"
+    )
+    parser.add_argument(
+        "--peer-python", default=str(VENV / "bin" / "python"), help="interpreter with the peers"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results directory (default bench/results; quick: bench/target/quick-results)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        help="measure a noisy window again up to N times (default 1, quick 0)",
+    )
+    parser.add_argument(
+        "--render", type=Path, help="rewrite the .md beside a results .json, and exit"
+    )
     parser.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     options = parser.parse_args()
 
@@ -823,6 +1025,11 @@ def main() -> int:
 
     if options.setup:
         return setup(log)
+    if options.render:
+        document = json.loads(options.render.read_text())
+        add_ratios(document["results"])
+        options.render.with_suffix(".md").write_text(markdown(document))
+        return 0
 
     ferrosock_python, where = find_ferrosock_python(options.ferrosock_python)
     servers = ferrosock_servers(ferrosock_python, where)
@@ -841,7 +1048,11 @@ def main() -> int:
             log(f"unknown servers: {', '.join(sorted(unknown))} (see --list)")
             return 2
         servers = [s for s in servers if s.name in wanted]
-    names = options.workloads.split(",") if options.workloads else (QUICK_WORKLOADS if options.quick else [w.name for w in WORKLOADS])
+    names = (
+        options.workloads.split(",")
+        if options.workloads
+        else (QUICK_WORKLOADS if options.quick else [w.name for w in WORKLOADS])
+    )
     unknown = [n for n in names if n not in WORKLOADS_BY_NAME]
     if unknown:
         log(f"unknown workloads: {', '.join(unknown)} (see --list)")
@@ -849,6 +1060,7 @@ def main() -> int:
     selected = [w for w in WORKLOADS if w.name in names]
     warmup = options.warmup if options.warmup is not None else (0.3 if options.quick else 1.0)
     duration = options.duration if options.duration is not None else (1.0 if options.quick else 3.0)
+    retries = options.retries if options.retries is not None else (0 if options.quick else 1)
 
     if not options.no_build and not build(options.quick, log):
         log("building the load generator failed")
@@ -892,11 +1104,15 @@ def main() -> int:
             log(f"{s.title}: {s.unavailable}")
             continue
         log(f"{s.title}  [{' '.join(s.command(0)[:4])} ...]")
-        results[s.name] = measure_timed(s, [w for w in mine if w.timed], warmup, duration, log)
+        results[s.name] = measure_timed(
+            s, [w for w in mine if w.timed], warmup, duration, retries, log
+        )
         for w in (w for w in mine if not w.timed):
             results[s.name][w.name] = measure_idle(s, w, log)
         if s.is_ferrosock:
-            failed_ferrosock += [f"{s.name} {n}" for n, r in results[s.name].items() if not r.get("ok")]
+            failed_ferrosock += [
+                f"{s.name} {n}" for n, r in results[s.name].items() if not r.get("ok")
+            ]
     add_ratios(results)
 
     document = {
@@ -907,6 +1123,7 @@ def main() -> int:
             "quick": options.quick,
             "warmup_s": warmup,
             "duration_s": duration,
+            "noisy_retries": retries,
             "server_cpu": SERVER_CPU,
             "loadgen_cpu": LOADGEN_CPU,
             "noisy_others_pct": NOISY_OTHERS_PCT,
@@ -914,9 +1131,18 @@ def main() -> int:
             "ferrosock_python": ferrosock_python,
         },
         "versions": versions(options.peer_python, ferrosock_python),
-        "workloads": {w.name: {"title": w.title, "kind": w.kind, "args": list(w.args), "conns": w.conns} for w in selected},
+        "workloads": {
+            w.name: {"title": w.title, "kind": w.kind, "args": list(w.args), "conns": w.conns}
+            for w in selected
+        },
         "servers": [
-            {"name": s.name, "title": s.title, "command": s.command(0), "unavailable": s.unavailable} for s in servers
+            {
+                "name": s.name,
+                "title": s.title,
+                "command": s.command(0),
+                "unavailable": s.unavailable,
+            }
+            for s in servers
         ],
         "results": results,
     }

@@ -78,7 +78,9 @@ async fn connect_tcp(target: &Target, index: usize) -> std::io::Result<TcpStream
 }
 
 fn find_header_end(data: &[u8]) -> Option<usize> {
-    data.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+    data.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
 }
 
 fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -98,19 +100,27 @@ impl Conn {
     }
 
     async fn open_inner(target: &Target, index: usize) -> Result<Conn, String> {
-        let mut stream = connect_tcp(target, index).await.map_err(|e| format!("connect: {e}"))?;
+        let mut stream = connect_tcp(target, index)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let key = handshake_key(index as u64);
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
             target.path, target.address
         );
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send handshake: {e}"))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send handshake: {e}"))?;
 
         let mut response = Vec::with_capacity(256);
         let head_len = loop {
             let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.map_err(|e| format!("read handshake: {e}"))?;
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read handshake: {e}"))?;
             if n == 0 {
                 return Err("server closed the connection during the handshake".into());
             }
@@ -149,7 +159,13 @@ impl Conn {
     where
         F: FnMut(Event<'_>) -> Result<(), String>,
     {
-        let Conn { stream, reader, buffer, leftover, out } = self;
+        let Conn {
+            stream,
+            reader,
+            buffer,
+            leftover,
+            out,
+        } = self;
         let mut handle = |event: Event<'_>| match event {
             Event::Ping(data) => {
                 frame::push_client_frame(out, frame::OP_PONG, data);
@@ -162,7 +178,10 @@ impl Conn {
             reader.feed(&pending, &mut handle)?;
             return Ok(true);
         }
-        let n = stream.read(buffer).await.map_err(|e| format!("read: {e}"))?;
+        let n = stream
+            .read(buffer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Ok(false);
         }
@@ -173,7 +192,10 @@ impl Conn {
     /// Writes and clears `out`.
     pub async fn flush(&mut self) -> Result<(), String> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await.map_err(|e| format!("write: {e}"))?;
+            self.stream
+                .write_all(&self.out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             self.out.clear();
         }
         Ok(())

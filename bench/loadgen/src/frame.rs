@@ -72,9 +72,18 @@ pub struct Template {
 
 impl Template {
     pub fn new(size: usize) -> Template {
-        assert!(size >= SEQ_DIGITS, "messages carry a {SEQ_DIGITS}-digit sequence number");
+        assert!(
+            size >= SEQ_DIGITS,
+            "messages carry a {SEQ_DIGITS}-digit sequence number"
+        );
         let payload: Vec<u8> = (0..size)
-            .map(|i| if i < SEQ_DIGITS { b'0' } else { b'a' + (i % 26) as u8 })
+            .map(|i| {
+                if i < SEQ_DIGITS {
+                    b'0'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
             .collect();
         let mut frame = Vec::with_capacity(size + 14);
         push_client_frame(&mut frame, OP_TEXT, &payload);
@@ -116,16 +125,26 @@ impl Template {
 /// What the parser reports, in stream order.
 pub enum Event<'a> {
     /// Part of a data message's payload, starting at `offset` within the message.
-    Data { offset: usize, bytes: &'a [u8] },
+    Data {
+        offset: usize,
+        bytes: &'a [u8],
+    },
     /// A data message ended; `len` is its total payload length.
-    MessageEnd { opcode: u8, len: usize },
+    MessageEnd {
+        opcode: u8,
+        len: usize,
+    },
     Ping(&'a [u8]),
     Close,
 }
 
 enum State {
     Header,
-    Payload { remaining: usize, opcode: u8, fin: bool },
+    Payload {
+        remaining: usize,
+        opcode: u8,
+        fin: bool,
+    },
 }
 
 /// Incremental parser for server-to-client frames.
@@ -163,24 +182,36 @@ impl FrameReader {
                 State::Header => {
                     let needed = self.header_needed();
                     let take = (needed - self.header_len).min(input.len());
-                    self.header[self.header_len..self.header_len + take].copy_from_slice(&input[..take]);
+                    self.header[self.header_len..self.header_len + take]
+                        .copy_from_slice(&input[..take]);
                     self.header_len += take;
                     input = &input[take..];
                     if self.header_len == self.header_needed() {
                         self.start_payload(on_event)?;
                     }
                 }
-                State::Payload { remaining, opcode, fin } => {
+                State::Payload {
+                    remaining,
+                    opcode,
+                    fin,
+                } => {
                     let take = remaining.min(input.len());
                     let (bytes, rest) = input.split_at(take);
                     input = rest;
                     if opcode >= OP_CLOSE {
                         self.control.extend_from_slice(bytes);
                     } else {
-                        on_event(Event::Data { offset: self.message_len, bytes })?;
+                        on_event(Event::Data {
+                            offset: self.message_len,
+                            bytes,
+                        })?;
                         self.message_len += take;
                     }
-                    self.state = State::Payload { remaining: remaining - take, opcode, fin };
+                    self.state = State::Payload {
+                        remaining: remaining - take,
+                        opcode,
+                        fin,
+                    };
                     if remaining == take {
                         self.finish_frame(on_event)?;
                     }
@@ -230,9 +261,17 @@ impl FrameReader {
             }
             OP_CONTINUATION if self.message_opcode.is_some() => {}
             OP_CLOSE | OP_PING | OP_PONG if fin && len <= 125 => self.control.clear(),
-            _ => return Err(format!("unexpected server frame: opcode {opcode:#x}, fin {fin}, length {len}")),
+            _ => {
+                return Err(format!(
+                    "unexpected server frame: opcode {opcode:#x}, fin {fin}, length {len}"
+                ))
+            }
         }
-        self.state = State::Payload { remaining: len, opcode, fin };
+        self.state = State::Payload {
+            remaining: len,
+            opcode,
+            fin,
+        };
         if len == 0 {
             self.finish_frame(on_event)?;
         }
@@ -243,15 +282,23 @@ impl FrameReader {
     where
         F: FnMut(Event<'_>) -> Result<(), String>,
     {
-        let State::Payload { opcode, fin, .. } = self.state else { unreachable!() };
+        let State::Payload { opcode, fin, .. } = self.state else {
+            unreachable!()
+        };
         self.state = State::Header;
         match opcode {
             OP_PING => on_event(Event::Ping(&self.control)),
             OP_CLOSE => on_event(Event::Close),
             OP_PONG => Ok(()),
             _ if fin => {
-                let opcode = self.message_opcode.take().expect("a data message is in progress");
-                on_event(Event::MessageEnd { opcode, len: self.message_len })
+                let opcode = self
+                    .message_opcode
+                    .take()
+                    .expect("a data message is in progress");
+                on_event(Event::MessageEnd {
+                    opcode,
+                    len: self.message_len,
+                })
             }
             _ => Ok(()),
         }
@@ -287,12 +334,16 @@ impl MessageCheck {
             return Err(format!("expected a text message, got opcode {opcode:#x}"));
         }
         if len != template.size() {
-            return Err(format!("message of {len} bytes, expected {}", template.size()));
+            return Err(format!(
+                "message of {len} bytes, expected {}",
+                template.size()
+            ));
         }
         if !filler_ok {
             return Err("message content differs from what was sent".into());
         }
-        parse_hex16(&self.digits).ok_or_else(|| "message does not start with a sequence number".into())
+        parse_hex16(&self.digits)
+            .ok_or_else(|| "message does not start with a sequence number".into())
     }
 }
 
@@ -303,12 +354,19 @@ mod tests {
     fn unmask(frame: &[u8]) -> (u8, Vec<u8>) {
         let (len, mut at) = match frame[1] & 0x7f {
             126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
-            127 => (u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize, 10),
+            127 => (
+                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n => (n as usize, 2),
         };
         let mask = &frame[at..at + 4];
         at += 4;
-        let payload = frame[at..at + len].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        let payload = frame[at..at + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
         (frame[0], payload)
     }
 
@@ -347,7 +405,9 @@ mod tests {
                 .feed(piece, &mut |event| {
                     match event {
                         Event::Data { offset, bytes } => check.data(&template, offset, bytes),
-                        Event::MessageEnd { opcode, len } => got.push(check.finish(&template, opcode, len)?),
+                        Event::MessageEnd { opcode, len } => {
+                            got.push(check.finish(&template, opcode, len)?)
+                        }
                         _ => panic!("only data expected"),
                     }
                     Ok(())
@@ -362,7 +422,11 @@ mod tests {
         let seqs = [0, 1, 0xdead_beef, u64::MAX >> 1];
         for size in [16, 64, 125, 126, 16 * 1024, 70_000] {
             for chunk in [1, 3, 7, 64, 100_000] {
-                assert_eq!(roundtrip(size, &seqs, chunk), seqs, "size {size} chunk {chunk}");
+                assert_eq!(
+                    roundtrip(size, &seqs, chunk),
+                    seqs,
+                    "size {size} chunk {chunk}"
+                );
             }
         }
     }
@@ -409,8 +473,12 @@ mod tests {
             .feed(&stream, &mut |event| {
                 match event {
                     Event::Data { offset, bytes } => check.data(&template, offset, bytes),
-                    Event::MessageEnd { opcode, len } => events.push(format!("seq {}", check.finish(&template, opcode, len)?)),
-                    Event::Ping(data) => events.push(format!("ping {}", String::from_utf8_lossy(data))),
+                    Event::MessageEnd { opcode, len } => {
+                        events.push(format!("seq {}", check.finish(&template, opcode, len)?))
+                    }
+                    Event::Ping(data) => {
+                        events.push(format!("ping {}", String::from_utf8_lossy(data)))
+                    }
                     Event::Close => events.push("close".into()),
                 }
                 Ok(())

@@ -13,7 +13,11 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: vec![0; BUCKETS], total: 0, max: 0 }
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            max: 0,
+        }
     }
 }
 
@@ -77,7 +81,18 @@ mod tests {
 
     #[test]
     fn buckets_are_within_two_percent() {
-        for value in [0u64, 1, 127, 128, 129, 1000, 65_535, 1 << 20, 123_456_789, u64::MAX >> 2] {
+        for value in [
+            0u64,
+            1,
+            127,
+            128,
+            129,
+            1000,
+            65_535,
+            1 << 20,
+            123_456_789,
+            u64::MAX >> 2,
+        ] {
             let back = representative(index(value));
             let error = (back as f64 - value as f64).abs() / (value.max(1) as f64);
             assert!(error < 0.02, "{value} -> {back}");

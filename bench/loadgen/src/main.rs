@@ -84,7 +84,10 @@ fn usage(problem: &str) -> ! {
 /// `127.0.0.2-127.0.0.9` or `127.0.0.2,127.0.0.3`; loopback only.
 fn parse_sources(text: &str) -> Vec<Ipv4Addr> {
     let parse = |s: &str| -> Ipv4Addr {
-        let address: Ipv4Addr = s.trim().parse().unwrap_or_else(|_| usage(&format!("bad address {s}")));
+        let address: Ipv4Addr = s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| usage(&format!("bad address {s}")));
         if !address.is_loopback() {
             usage(&format!("{address} is not a loopback address"));
         }
@@ -114,7 +117,12 @@ fn parse_args() -> Options {
         .unwrap_or_else(|| usage("first argument must be the workload"));
     let mut host = "127.0.0.1".to_string();
     let mut port: Option<u16> = None;
-    let mut path = if workload == Workload::Broadcast { "/chat" } else { "/echo" }.to_string();
+    let mut path = if workload == Workload::Broadcast {
+        "/chat"
+    } else {
+        "/echo"
+    }
+    .to_string();
     let mut sources = Vec::new();
     let mut options = Options {
         workload,
@@ -124,7 +132,11 @@ fn parse_args() -> Options {
             sources: Vec::new(),
             read_buffer: 0,
         },
-        conns: if workload == Workload::Idle { 1000 } else { 100 },
+        conns: if workload == Workload::Idle {
+            1000
+        } else {
+            100
+        },
         size: 64,
         inflight: 1,
         window: 8,
@@ -135,17 +147,23 @@ fn parse_args() -> Options {
         server_pid: None,
     };
     let seconds = |text: String| -> Duration {
-        let value: f64 = text.parse().unwrap_or_else(|_| usage(&format!("bad duration {text}")));
+        let value: f64 = text
+            .parse()
+            .unwrap_or_else(|_| usage(&format!("bad duration {text}")));
         if !(0.0..=3600.0).contains(&value) {
             usage("durations are bounded to an hour");
         }
         Duration::from_secs_f64(value)
     };
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
         let mut number = || -> usize {
             let text = value();
-            text.parse().unwrap_or_else(|_| usage(&format!("bad number {text}")))
+            text.parse()
+                .unwrap_or_else(|_| usage(&format!("bad number {text}")))
         };
         match flag.as_str() {
             "--host" => host = value(),
@@ -176,7 +194,8 @@ fn parse_args() -> Options {
     if options.size < frame::SEQ_DIGITS {
         usage(&format!("--size must be at least {}", frame::SEQ_DIGITS));
     }
-    if options.conns == 0 || options.conns > 100_000 || options.inflight == 0 || options.window == 0 {
+    if options.conns == 0 || options.conns > 100_000 || options.inflight == 0 || options.window == 0
+    {
         usage("--conns, --inflight and --window must be positive (conns at most 100000)");
     }
     options.concurrency = options.concurrency.clamp(1, 1024);
@@ -185,7 +204,12 @@ fn parse_args() -> Options {
         Workload::Idle | Workload::Handshake => 512,
         _ => (options.size * 2 + 64).clamp(8 * 1024, 256 * 1024),
     };
-    options.target = Target { address, path, sources, read_buffer };
+    options.target = Target {
+        address,
+        path,
+        sources,
+        read_buffer,
+    };
     options
 }
 

@@ -59,13 +59,21 @@ pub struct Sample {
 pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
 }
 
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as u64 } else { 4096 }
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
 }
 
 /// (ppid, utime+stime, rss pages) from /proc/<pid>/stat.
@@ -84,7 +92,11 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some((ppid, _, _)) = process_stat(pid) {
@@ -96,7 +108,12 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     let mut at = 0;
     while at < tree.len() {
         let parent = tree[at];
-        tree.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
         at += 1;
     }
     tree
@@ -114,7 +131,9 @@ pub fn sample(server: Option<u32>) -> Sample {
             }
         }
     }
-    result.self_ticks = process_stat(std::process::id()).map(|(_, ticks, _)| ticks).unwrap_or(0);
+    result.self_ticks = process_stat(std::process::id())
+        .map(|(_, ticks, _)| ticks)
+        .unwrap_or(0);
     if let Ok(text) = fs::read_to_string("/proc/stat") {
         for line in text.lines().filter(|line| line.starts_with("cpu")) {
             let mut words = line.split_whitespace();

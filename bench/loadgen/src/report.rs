@@ -54,7 +54,17 @@ impl Report {
         field("workload", quote(options.workload.name()));
         field("path", quote(&options.target.path));
         field("ok", (self.errors.is_empty()).to_string());
-        field("errors", format!("[{}]", self.errors.iter().map(|e| quote(e)).collect::<Vec<_>>().join(",")));
+        field(
+            "errors",
+            format!(
+                "[{}]",
+                self.errors
+                    .iter()
+                    .map(|e| quote(e))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        );
         field("unit", quote(unit));
         field("conns", options.conns.to_string());
         field("size", options.size.to_string());

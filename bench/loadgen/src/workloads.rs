@@ -110,7 +110,9 @@ where
         }
     }
     if failures > 0 {
-        report.error(format!("{failures} of {count} connections could not be opened"));
+        report.error(format!(
+            "{failures} of {count} connections could not be opened"
+        ));
     }
     report.connect_seconds = started.elapsed().as_secs_f64();
     report.connections = conns.len();
@@ -148,7 +150,9 @@ async fn collect(handles: Vec<JoinHandle<Result<bool, String>>>, report: &mut Re
         }
     }
     if stuck > 0 {
-        report.error(format!("{stuck} {what} connections still had messages in flight after {DRAIN_TIMEOUT:?}"));
+        report.error(format!(
+            "{stuck} {what} connections still had messages in flight after {DRAIN_TIMEOUT:?}"
+        ));
     }
 }
 
@@ -171,7 +175,14 @@ async fn echo(options: &Options) -> Report {
     let template = Rc::new(Template::new(options.size));
     let handles = conns
         .into_iter()
-        .map(|conn| spawn_local(echo_conn(conn, shared.clone(), template.clone(), options.inflight)))
+        .map(|conn| {
+            spawn_local(echo_conn(
+                conn,
+                shared.clone(),
+                template.clone(),
+                options.inflight,
+            ))
+        })
         .collect();
     measure_window(&shared, options, &mut report).await;
     collect(handles, &mut report, "echo").await;
@@ -181,7 +192,12 @@ async fn echo(options: &Options) -> Report {
 
 /// Keeps `inflight` messages outstanding; each echo must carry the next sequence
 /// number and the exact content, and is answered with a new message until the drain.
-async fn echo_conn(mut conn: Conn, shared: Rc<Shared>, template: Rc<Template>, inflight: usize) -> Result<bool, String> {
+async fn echo_conn(
+    mut conn: Conn,
+    shared: Rc<Shared>,
+    template: Rc<Template>,
+    inflight: usize,
+) -> Result<bool, String> {
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(inflight);
     let mut next_send = 0u64;
     let mut next_receive = 0u64;
@@ -204,10 +220,14 @@ async fn echo_conn(mut conn: Conn, shared: Rc<Shared>, template: Rc<Template>, i
                 Event::MessageEnd { opcode, len } => {
                     let seq = check.finish(&template, opcode, len)?;
                     if seq != next_receive {
-                        return Err(format!("echo out of order: expected message {next_receive}, got {seq}"));
+                        return Err(format!(
+                            "echo out of order: expected message {next_receive}, got {seq}"
+                        ));
                     }
                     next_receive += 1;
-                    let sent = sent_at.pop_front().ok_or("an echo of a message never sent")?;
+                    let sent = sent_at
+                        .pop_front()
+                        .ok_or("an echo of a message never sent")?;
                     shared.complete(now.get_or_insert_with(Instant::now).duration_since(sent));
                     answered += 1;
                 }
@@ -217,7 +237,10 @@ async fn echo_conn(mut conn: Conn, shared: Rc<Shared>, template: Rc<Template>, i
             Ok(())
         };
         if !conn.read_events(&mut on_event).await? {
-            return Err(format!("server ended the stream with {} messages in flight", sent_at.len()));
+            return Err(format!(
+                "server ended the stream with {} messages in flight",
+                sent_at.len()
+            ));
         }
         Shared::add(&shared.received, answered);
         if shared.phase.get() != Phase::Drain && answered > 0 {
@@ -276,7 +299,13 @@ impl Fanout {
 
     /// The sender's turn: probe until every subscriber is in, then keep `window`
     /// messages in flight until the drain.
-    fn send_more(&self, out: &mut Vec<u8>, template: &Template, shared: &Shared, next_probe: &mut Instant) -> Result<(), String> {
+    fn send_more(
+        &self,
+        out: &mut Vec<u8>,
+        template: &Template,
+        shared: &Shared,
+        next_probe: &mut Instant,
+    ) -> Result<(), String> {
         let now = Instant::now();
         if self.syncing.get() {
             if self.probe_acks.get() == self.subscribers {
@@ -284,7 +313,11 @@ impl Fanout {
                 self.synced.notify_one();
             } else {
                 if now >= *next_probe {
-                    let probe = if self.probe.get() < PROBE_BASE { PROBE_BASE } else { self.probe.get() + 1 };
+                    let probe = if self.probe.get() < PROBE_BASE {
+                        PROBE_BASE
+                    } else {
+                        self.probe.get() + 1
+                    };
                     self.probe.set(probe);
                     self.probe_acks.set(0);
                     template.push(out, self.probe.get());
@@ -316,14 +349,24 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn on_event(&mut self, event: Event<'_>, template: &Template, fanout: &Fanout, shared: &Shared, now: &mut Option<Instant>) -> Result<(), String> {
+    fn on_event(
+        &mut self,
+        event: Event<'_>,
+        template: &Template,
+        fanout: &Fanout,
+        shared: &Shared,
+        now: &mut Option<Instant>,
+    ) -> Result<(), String> {
         match event {
             Event::Data { offset, bytes } => self.check.data(template, offset, bytes),
             Event::MessageEnd { opcode, len } => {
                 let seq = self.check.finish(template, opcode, len)?;
                 if seq >= PROBE_BASE {
                     if self.next_seq > 0 || !fanout.syncing.get() {
-                        return Err(format!("a probe ({}) arrived after the measured stream began", seq - PROBE_BASE));
+                        return Err(format!(
+                            "a probe ({}) arrived after the measured stream began",
+                            seq - PROBE_BASE
+                        ));
                     }
                     if seq == fanout.probe.get() {
                         fanout.probe_acks.set(fanout.probe_acks.get() + 1);
@@ -334,7 +377,10 @@ impl Subscriber {
                     return Ok(());
                 }
                 if seq != self.next_seq {
-                    return Err(format!("broadcast out of order or lost: expected message {}, got {seq}", self.next_seq));
+                    return Err(format!(
+                        "broadcast out of order or lost: expected message {}, got {seq}",
+                        self.next_seq
+                    ));
                 }
                 self.next_seq += 1;
                 let sent = fanout.sent_at.borrow()[seq as usize];
@@ -375,13 +421,23 @@ async fn broadcast(options: &Options) -> Report {
         .into_iter()
         .enumerate()
         .map(|(index, conn)| {
-            let task = broadcast_conn(conn, index == 0, fanout.clone(), shared.clone(), template.clone(), finished.clone());
+            let task = broadcast_conn(
+                conn,
+                index == 0,
+                fanout.clone(),
+                shared.clone(),
+                template.clone(),
+                finished.clone(),
+            );
             spawn_local(task)
         })
         .collect();
 
     let sync_deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
-    if timeout_at(sync_deadline, fanout.synced.notified()).await.is_err() {
+    if timeout_at(sync_deadline, fanout.synced.notified())
+        .await
+        .is_err()
+    {
         report.error(format!("not every subscriber received a probe within {SYNC_TIMEOUT:?}: the server does not broadcast to all"));
         return report;
     }
@@ -395,7 +451,9 @@ async fn broadcast(options: &Options) -> Report {
     }
     let missing = fanout.sent.get() - fanout.completed.get();
     if missing > 0 {
-        report.error(format!("{missing} messages never reached every subscriber within {DRAIN_TIMEOUT:?}"));
+        report.error(format!(
+            "{missing} messages never reached every subscriber within {DRAIN_TIMEOUT:?}"
+        ));
     }
     let _ = finish.send(true);
     collect(handles, &mut report, "broadcast").await;
@@ -411,7 +469,10 @@ async fn broadcast_conn(
     template: Rc<Template>,
     mut finished: watch::Receiver<bool>,
 ) -> Result<bool, String> {
-    let mut subscriber = Subscriber { check: MessageCheck::default(), next_seq: 0 };
+    let mut subscriber = Subscriber {
+        check: MessageCheck::default(),
+        next_seq: 0,
+    };
     let mut next_probe = Instant::now();
     while !*finished.borrow() {
         if is_sender {
@@ -420,7 +481,8 @@ async fn broadcast_conn(
         conn.flush().await?;
         let probe_due = tokio::time::Instant::from_std(next_probe);
         let mut now = None;
-        let mut on_event = |event: Event<'_>| subscriber.on_event(event, &template, &fanout, &shared, &mut now);
+        let mut on_event =
+            |event: Event<'_>| subscriber.on_event(event, &template, &fanout, &shared, &mut now);
         tokio::select! {
             open = conn.read_events(&mut on_event) => {
                 if !open? {
@@ -433,7 +495,11 @@ async fn broadcast_conn(
         }
     }
     if subscriber.next_seq != fanout.sent.get() {
-        return Err(format!("a subscriber received {} of {} messages", subscriber.next_seq, fanout.sent.get()));
+        return Err(format!(
+            "a subscriber received {} of {} messages",
+            subscriber.next_seq,
+            fanout.sent.get()
+        ));
     }
     Ok(conn.close(CLOSE_TIMEOUT).await)
 }
@@ -447,7 +513,12 @@ async fn handshake(options: &Options) -> Report {
     let clean = Rc::new(Cell::new(0usize));
     let handles: Vec<_> = (0..options.concurrency)
         .map(|worker| {
-            let (target, shared, failures, clean) = (options.target.clone(), shared.clone(), failures.clone(), clean.clone());
+            let (target, shared, failures, clean) = (
+                options.target.clone(),
+                shared.clone(),
+                failures.clone(),
+                clean.clone(),
+            );
             let stride = options.concurrency;
             spawn_local(async move {
                 let mut index = worker;
@@ -480,7 +551,11 @@ async fn handshake(options: &Options) -> Report {
     }
     let failures = failures.borrow();
     if !failures.is_empty() {
-        report.error(format!("{} handshakes failed; first: {}", failures.len(), failures[0]));
+        report.error(format!(
+            "{} handshakes failed; first: {}",
+            failures.len(),
+            failures[0]
+        ));
     }
     finish_counts(&shared, &mut report);
     report.connections = report.received as usize;
@@ -521,7 +596,13 @@ async fn echo_once(mut conn: Conn, template: Rc<Template>) -> Result<Conn, Strin
 async fn idle(options: &Options) -> Report {
     let mut report = Report::default();
     let template = Rc::new(Template::new(options.size));
-    let conns = open_all(&options.target, options.conns, &mut report, move |conn, _| echo_once(conn, template.clone())).await;
+    let conns = open_all(
+        &options.target,
+        options.conns,
+        &mut report,
+        move |conn, _| echo_once(conn, template.clone()),
+    )
+    .await;
     report.start = procstat::sample(options.server_pid);
     println!("READY {}", conns.len());
     let _ = std::io::stdout().flush();
@@ -536,7 +617,9 @@ async fn idle(options: &Options) -> Report {
                 loop {
                     let mut on_event = |event: Event<'_>| match event {
                         Event::Close => Err("server closed an idle connection".to_string()),
-                        Event::Data { .. } | Event::MessageEnd { .. } => Err("unexpected message on an idle connection".to_string()),
+                        Event::Data { .. } | Event::MessageEnd { .. } => {
+                            Err("unexpected message on an idle connection".to_string())
+                        }
                         Event::Ping(_) => Ok(()),
                     };
                     tokio::select! {

@@ -59,7 +59,10 @@ fn parse_args() -> Settings {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--host" => settings.host = value(),
             "--port" => settings.port = value().parse().unwrap_or_else(|_| usage("bad --port")),
@@ -67,7 +70,9 @@ fn parse_args() -> Settings {
                 settings.threads = value().parse().unwrap_or_else(|_| usage("bad --threads"))
             }
             "--read-buffer" => {
-                settings.read_buffer = value().parse().unwrap_or_else(|_| usage("bad --read-buffer"))
+                settings.read_buffer = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --read-buffer"))
             }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -119,7 +124,9 @@ struct Server {
 fn main() {
     let settings = parse_args();
     let runtime = if settings.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.threads)
@@ -134,8 +141,12 @@ async fn serve(settings: Settings) {
     let address: SocketAddr = format!("{}:{}", settings.host, settings.port)
         .parse()
         .unwrap_or_else(|_| usage("bad --host/--port"));
-    let socket = if address.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .expect("socket");
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .expect("socket");
     socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket.bind(address).expect("bind");
     let listener: TcpListener = socket.listen(LISTEN_BACKLOG).expect("listen");
@@ -179,7 +190,11 @@ fn plain(status: StatusCode) -> Response<Empty<Bytes>> {
     response
 }
 
-fn header_has_token(request: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
+fn header_has_token(
+    request: &Request<Incoming>,
+    name: hyper::header::HeaderName,
+    token: &str,
+) -> bool {
     request
         .headers()
         .get_all(name)
