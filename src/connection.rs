@@ -87,7 +87,7 @@ pub struct ConnShared {
     pub id: u64,
     pub server: Arc<ServerState>,
     inbox: Mutex<Inbox>,
-    /// Signalled when Python takes a message out of a full inbox.
+    /// Signalled when Python has taken the inbox down to half its capacity.
     pub inbox_space: Notify,
     outbox: mpsc::UnboundedSender<Outgoing>,
     outbox_bytes: AtomicUsize,
@@ -161,9 +161,12 @@ impl ConnShared {
     pub fn try_receive(&self) -> Received {
         let mut inbox = self.inbox.lock();
         if let Some(message) = inbox.queue.pop_front() {
-            let was_full = inbox.queue.len() + 1 >= self.server.config.inbox_capacity;
+            // Wake a reader waiting on a full inbox only once it is half empty, so that it
+            // refills in bulk: one cross-thread wake-up per half inbox, not per message.
+            let low_water = self.server.config.inbox_capacity / 2;
+            let reader_may_refill = inbox.queue.len() == low_water;
             drop(inbox);
-            if was_full {
+            if reader_may_refill {
                 self.inbox_space.notify_one();
             }
             return Received::Message(message);

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from core_server import REPO_DIR, ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
