@@ -464,9 +464,16 @@ def derive(report: dict, workload: Workload) -> dict:
     total = cpu["total"]
     server_s = cpu["server_ticks"] / hz
     loadgen_s = cpu["loadgen_us"] / 1e6
-    process_ticks = total["user"] + total["nice"] + total["system"]
-    others_ticks = max(0, process_ticks - cpu["server_ticks"] - cpu["loadgen_ticks"])
-    pct = lambda seconds: round(100.0 * seconds / window, 1)  # noqa: E731 - share of one core
+    # Other processes' time, by summing every process's utime+stime (the load
+    # generator does it at the window's edges); and the same from /proc/stat's
+    # totals, an upper bound that also holds the kernel's softirq time.
+    stat_ticks = sum(total[k] for k in ("user", "nice", "system", "irq", "softirq"))
+    stat_others = max(0, stat_ticks - cpu["server_ticks"] - cpu["loadgen_ticks"])
+    others_ticks = cpu.get("others_ticks", stat_others)
+
+    def pct(seconds: float) -> float:  # a share of one core over the window
+        return round(100.0 * seconds / window, 1)
+
     result.update(
         ops=ops,
         window_s=window,
@@ -477,6 +484,7 @@ def derive(report: dict, workload: Workload) -> dict:
         server_cpu_pct=pct(server_s),
         loadgen_cpu_pct=pct(loadgen_s),
         others_cpu_pct=pct(others_ticks / hz),
+        others_stat_pct=pct(stat_others / hz),
         softirq_pct=pct(total["softirq"] / hz),
         steal_pct=pct(total["steal"] / hz),
         server_processes=cpu["server_processes"],

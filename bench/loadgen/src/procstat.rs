@@ -48,10 +48,15 @@ impl CpuTimes {
 
 #[derive(Clone, Default)]
 pub struct Sample {
+    /// utime+stime (and that of reaped children) of the server's process tree.
     pub server_ticks: u64,
     pub server_rss_bytes: u64,
     pub server_processes: usize,
     pub self_ticks: u64,
+    /// The same sum over every process on the machine: what the others used is the
+    /// change in this, minus the server's and ours. A process that ends in between is
+    /// still counted, through its parent's reaped-children times.
+    pub all_ticks: u64,
     pub total: CpuTimes,
     pub per_cpu: Vec<CpuTimes>,
 }
@@ -76,44 +81,47 @@ fn page_size() -> u64 {
     }
 }
 
-/// (ppid, utime+stime, rss pages) from /proc/<pid>/stat.
-fn process_stat(pid: u32) -> Option<(u32, u64, u64)> {
+struct ProcessStat {
+    pid: u32,
+    ppid: u32,
+    /// utime + stime + cutime + cstime, in clock ticks.
+    ticks: u64,
+    rss_pages: u64,
+}
+
+fn process_stat(pid: u32) -> Option<ProcessStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(0) ppid(1) ... utime(11) stime(12) ... rss(21).
+    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... rss(21).
     let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    Some((number(1)? as u32, number(11)? + number(12)?, number(21)?))
+    Some(ProcessStat {
+        pid,
+        ppid: number(1)? as u32,
+        ticks: number(11)? + number(12)? + number(13)? + number(14)?,
+        rss_pages: number(21)?,
+    })
+}
+
+fn all_processes() -> Vec<ProcessStat> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(process_stat)
+        .collect()
 }
 
 /// The PID and every descendant of it.
-pub fn process_tree(root: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some((ppid, _, _)) = process_stat(pid) {
-                parents.push((pid, ppid));
-            }
-        }
-    }
+fn tree(root: u32, processes: &[ProcessStat]) -> Vec<u32> {
     let mut tree = vec![root];
     let mut at = 0;
     while at < tree.len() {
         let parent = tree[at];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(_, ppid)| *ppid == parent)
-                .map(|(pid, _)| *pid),
-        );
+        tree.extend(processes.iter().filter(|p| p.ppid == parent).map(|p| p.pid));
         at += 1;
     }
     tree
@@ -122,18 +130,21 @@ pub fn process_tree(root: u32) -> Vec<u32> {
 /// Reads everything; `server` is the root PID of the server's tree, if known.
 pub fn sample(server: Option<u32>) -> Sample {
     let mut result = Sample::default();
-    if let Some(root) = server {
-        for pid in process_tree(root) {
-            if let Some((_, ticks, rss_pages)) = process_stat(pid) {
-                result.server_ticks += ticks;
-                result.server_rss_bytes += rss_pages * page_size();
-                result.server_processes += 1;
-            }
+    let processes = all_processes();
+    let me = std::process::id();
+    let server_tree = server
+        .map(|root| tree(root, &processes))
+        .unwrap_or_default();
+    for process in &processes {
+        result.all_ticks += process.ticks;
+        if process.pid == me {
+            result.self_ticks = process.ticks;
+        } else if server_tree.contains(&process.pid) {
+            result.server_ticks += process.ticks;
+            result.server_rss_bytes += process.rss_pages * page_size();
+            result.server_processes += 1;
         }
     }
-    result.self_ticks = process_stat(std::process::id())
-        .map(|(_, ticks, _)| ticks)
-        .unwrap_or(0);
     if let Ok(text) = fs::read_to_string("/proc/stat") {
         for line in text.lines().filter(|line| line.starts_with("cpu")) {
             let mut words = line.split_whitespace();

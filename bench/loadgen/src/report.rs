@@ -92,6 +92,11 @@ impl Report {
             ),
         );
         let total = self.end.total.minus(&self.start.total);
+        let server_ticks = self
+            .end
+            .server_ticks
+            .saturating_sub(self.start.server_ticks);
+        let self_ticks = self.end.self_ticks.saturating_sub(self.start.self_ticks);
         let per_cpu: Vec<String> = self
             .end
             .per_cpu
@@ -103,11 +108,12 @@ impl Report {
             "cpu",
             format!(
                 "{{\"clk_tck\":{},\"server_ticks\":{},\"server_processes\":{},\"loadgen_ticks\":{},\
-                 \"loadgen_us\":{},\"total\":{},\"per_cpu\":[{}]}}",
+                 \"others_ticks\":{},\"loadgen_us\":{},\"total\":{},\"per_cpu\":[{}]}}",
                 procstat::clock_ticks_per_second(),
-                self.end.server_ticks.saturating_sub(self.start.server_ticks),
+                server_ticks,
                 self.end.server_processes,
-                self.end.self_ticks.saturating_sub(self.start.self_ticks),
+                self_ticks,
+                self.end.all_ticks.saturating_sub(self.start.all_ticks).saturating_sub(server_ticks + self_ticks),
                 self.loadgen_cpu_micros,
                 cpu_json(&total),
                 per_cpu.join(","),
