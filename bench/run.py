@@ -503,13 +503,28 @@ def derive(report: dict, workload: Workload) -> dict:
     return result
 
 
-def measure_timed(
-    server: Server, workloads: list[Workload], warmup: float, duration: float, retries: int, say
-) -> dict:
+@dataclass
+class Plan:
+    warmup: float
+    duration: float
+    retries: int
+    deadline: float  # time.monotonic() after which nothing new is started
+
+    def spent(self, margin: float = 0.0) -> bool:
+        return time.monotonic() + margin > self.deadline
+
+
+SKIPPED = {"ok": False, "skipped": True, "errors": ["not run: the time budget was spent"]}
+
+
+def measure_timed(server: Server, workloads: list[Workload], plan: Plan, say) -> dict:
     results: dict[str, dict] = {}
     running: Running | None = None
     try:
         for workload in workloads:
+            if plan.spent():
+                results[workload.name] = dict(SKIPPED)
+                continue
             if running is None or not running.alive():
                 if running is not None:
                     running.stop()
@@ -525,8 +540,9 @@ def measure_timed(
                     say(f"  {workload.name:15} server did not start: {problem}")
                     continue
             result = None
-            for attempt in range(1 + retries):
-                candidate = derive(run_loadgen(workload, running, warmup, duration), workload)
+            for attempt in range(1 + plan.retries):
+                report = run_loadgen(workload, running, plan.warmup, plan.duration)
+                candidate = derive(report, workload)
                 candidate["attempts"] = attempt + 1
                 if result is None or (
                     candidate.get("ok")
@@ -534,7 +550,8 @@ def measure_timed(
                 ):
                     result = candidate
                 # A noisy window is measured again; the quietest attempt is kept.
-                if not (candidate.get("ok") and candidate.get("noisy")) or not running.alive():
+                again = candidate.get("ok") and candidate.get("noisy") and running.alive()
+                if not again or plan.spent(margin=120):
                     break
             if not running.alive():
                 result["ok"] = False
@@ -721,7 +738,7 @@ def summary_cell(result: dict | None, value: str, ratio: float | None) -> str:
     if result is None:
         return "—"
     if not result.get("ok"):
-        return "failed"
+        return "skipped" if result.get("skipped") else "failed"
     if ratio is not None:
         value += f" ({fmt_ratio(ratio)})"
     return value + (" ⚠" if result.get("noisy") else "")
@@ -1003,8 +1020,8 @@ def main() -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        default=840,
-        help="stop starting new servers after this many seconds",
+        default=780,
+        help="start no new workload after this many seconds (default 780)",
     )
     parser.add_argument(
         "--ferrosock-python", help="interpreter that imports ferrosock (default: found)"
@@ -1042,7 +1059,10 @@ def main() -> int:
     ferrosock_python, where = find_ferrosock_python(options.ferrosock_python)
     servers = ferrosock_servers(ferrosock_python, where)
     if not options.quick:
-        servers = peer_servers(options.peer_python) + servers + [reference_server()]
+        # The baseline first, then ferrosock and the limit, then the other peers: if the
+        # time budget runs out, what goes unmeasured is the least needed.
+        baseline, *peers = peer_servers(options.peer_python)
+        servers = [baseline, *servers, reference_server(), *peers]
     if options.list:
         for s in servers:
             log(f"server   {s.name:18} {s.title}")
@@ -1096,6 +1116,7 @@ def main() -> int:
 
     started = _dt.datetime.now()
     clock = time.monotonic()
+    plan = Plan(warmup, duration, retries, deadline=clock + options.budget)
     results: dict[str, dict] = {}
     failed_ferrosock = []
     for s in servers:
@@ -1107,19 +1128,19 @@ def main() -> int:
         mine = [w for w in selected if s.workloads is None or w.name in s.workloads]
         if not mine:
             continue
-        if time.monotonic() - clock > options.budget:
+        if plan.spent():
             s.unavailable = f"not run: the {options.budget:.0f} s budget was spent"
             log(f"{s.title}: {s.unavailable}")
             continue
         log(f"{s.title}  [{' '.join(s.command(0)[:4])} ...]")
-        results[s.name] = measure_timed(
-            s, [w for w in mine if w.timed], warmup, duration, retries, log
-        )
+        results[s.name] = measure_timed(s, [w for w in mine if w.timed], plan, log)
         for w in (w for w in mine if not w.timed):
-            results[s.name][w.name] = measure_idle(s, w, log)
+            results[s.name][w.name] = dict(SKIPPED) if plan.spent() else measure_idle(s, w, log)
         if s.is_ferrosock:
             failed_ferrosock += [
-                f"{s.name} {n}" for n, r in results[s.name].items() if not r.get("ok")
+                f"{s.name} {n}"
+                for n, r in results[s.name].items()
+                if not r.get("ok") and not r.get("skipped")
             ]
     add_ratios(results)
 
