@@ -41,7 +41,10 @@ impl Done {
 
 pub fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
     static DONE: PyOnceLock<Py<Done>> = PyOnceLock::new();
-    Ok(DONE.get_or_try_init(py, || Py::new(py, Done))?.clone_ref(py).into_any())
+    Ok(DONE
+        .get_or_try_init(py, || Py::new(py, Done))?
+        .clone_ref(py)
+        .into_any())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -91,7 +94,11 @@ impl Op {
                 &mut waiters.receive
             };
             if let Some(previous) = slot.as_ref() {
-                if !previous.bind(py).call_method0(intern!(py, "done"))?.is_truthy()? {
+                if !previous
+                    .bind(py)
+                    .call_method0(intern!(py, "done"))?
+                    .is_truthy()?
+                {
                     return Err(PyRuntimeError::new_err(
                         "another coroutine is already waiting on this WebSocket; \
                          receive (and send) from one task at a time",

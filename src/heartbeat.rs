@@ -53,6 +53,8 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn new(config: &ServerConfig) -> Self {
+        // Fix the epoch before the first ping, so that no ping is sent at time zero.
+        epoch();
         let interval = config.ws_ping_interval;
         Self {
             interval,
@@ -81,10 +83,16 @@ impl Heartbeat {
         })
     }
 
+    /// Stop pinging and stop bounding writes: the connection is closing.
+    pub fn disable(&mut self) {
+        self.interval = None;
+        self.awaiting = None;
+    }
+
     pub fn check(&mut self, shared: &ConnShared) -> Beat {
         let now = Instant::now();
         if let Some(sent) = self.awaiting {
-            if shared.last_pong_at.load(Ordering::Acquire) >= nanos_since_epoch(sent) {
+            if shared.last_pong_at.load(Ordering::Acquire) > nanos_since_epoch(sent) {
                 self.awaiting = None;
             } else if self.timeout.is_some_and(|timeout| now >= sent + timeout) {
                 return Beat::TimedOut;
@@ -140,6 +148,15 @@ mod tests {
         let beat = Heartbeat::new(&config(None, Some(20.0)));
         assert!(beat.next_check().is_none());
         assert!(beat.write_deadline().is_none());
+    }
+
+    #[test]
+    fn a_disabled_heartbeat_no_longer_bounds_the_closing_write() {
+        let mut beat = Heartbeat::new(&config(Some(10.0), Some(5.0)));
+        beat.awaiting = Some(Instant::now() - Duration::from_secs(60));
+        beat.disable();
+        assert!(beat.write_deadline().is_none());
+        assert!(beat.next_check().is_none());
     }
 
     #[test]

@@ -188,7 +188,10 @@ impl Registry {
 
     fn submit(&self, message: Message, target: Target, exclude: Option<&Connection>) {
         if !matches!(target, Target::One(_)) {
-            self.inner.counters.broadcasts.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .broadcasts
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.started.call_once(|| {
             if let Some(deliveries) = self.fan_out.lock().take() {
@@ -297,7 +300,11 @@ impl Registry {
     fn send_bytes_to(&self, conn_id: u64, data: &Bound<'_, PyAny>) -> PyResult<bool> {
         let known = self.inner.members.lock().by_id.contains_key(&conn_id);
         if known {
-            self.submit(Message::Binary(bytes_of(data)?.into()), Target::One(conn_id), None);
+            self.submit(
+                Message::Binary(bytes_of(data)?.into()),
+                Target::One(conn_id),
+                None,
+            );
         }
         Ok(known)
     }
@@ -307,7 +314,11 @@ impl Registry {
     }
 
     fn __contains__(&self, conn: &Connection) -> bool {
-        self.inner.members.lock().by_id.contains_key(&conn.shared().id)
+        self.inner
+            .members
+            .lock()
+            .by_id
+            .contains_key(&conn.shared().id)
     }
 
     fn rooms(&self) -> Vec<String> {

@@ -133,7 +133,10 @@ mod tests {
         let routes = routes();
         let found = routes.find("/ws/42").unwrap();
         assert_eq!(found.endpoints.websocket, Some(0));
-        assert_eq!(found.params, vec![("client_id".to_owned(), "42".to_owned())]);
+        assert_eq!(
+            found.params,
+            vec![("client_id".to_owned(), "42".to_owned())]
+        );
     }
 
     #[test]

@@ -155,7 +155,8 @@ impl Server {
             return Err(PyOSError::new_err("the server was already started"));
         }
         let listener = bind(&self.state.config)?;
-        self.port.store(listener.local_addr()?.port(), Ordering::Relaxed);
+        self.port
+            .store(listener.local_addr()?.port(), Ordering::Relaxed);
         let runtime = crate::runtime::init(self.io_threads);
         let state = self.state.clone();
         py.detach(|| {
@@ -353,7 +354,10 @@ async fn handle(
     let wants_websocket = has_token(request.headers(), header::UPGRADE, "websocket");
     let found = state.routes.find(&path);
     let response = if wants_websocket {
-        match found.as_ref().and_then(|f| f.endpoints.websocket.map(|id| (id, f))) {
+        match found
+            .as_ref()
+            .and_then(|f| f.endpoints.websocket.map(|id| (id, f)))
+        {
             Some((route_id, found)) => {
                 let params = found.params.clone();
                 websocket_handshake(request, &state, route_id, path, params, peer, local).await
@@ -389,7 +393,14 @@ async fn handle(
     Ok(response)
 }
 
-fn log_request(state: &ServerState, peer: SocketAddr, method: &str, path: &str, status: u16, why: &str) {
+fn log_request(
+    state: &ServerState,
+    peer: SocketAddr,
+    method: &str,
+    path: &str,
+    status: u16,
+    why: &str,
+) {
     state.bridge.log(
         LOG_INFO,
         format!("{peer} - \"{method} {path} HTTP/1.1\" {status} ({why})"),
@@ -529,8 +540,8 @@ async fn websocket_handshake(
                 match upgrade.await {
                     Ok(upgraded) => {
                         let io = TokioIo::new(upgraded);
-                        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config))
-                            .await;
+                        let ws =
+                            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                         crate::stream::run(connection, ws, outbox).await;
                     }
                     Err(_) => {
@@ -586,7 +597,10 @@ async fn http_request(
 ) -> Response<Body> {
     stats::bump(&counter::http_requests);
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, state.config.http_max_body).collect().await {
+    let body = match Limited::new(body, state.config.http_max_body)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
     };

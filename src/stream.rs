@@ -56,7 +56,11 @@ fn error_close(error: &WsError) -> Option<(u16, &'static str)> {
     }
 }
 
-async fn read_loop(shared: Arc<ConnShared>, mut stream: SplitStream<WsStream>, done: CancellationToken) {
+async fn read_loop(
+    shared: Arc<ConnShared>,
+    mut stream: SplitStream<WsStream>,
+    done: CancellationToken,
+) {
     let stop = shared.stop.clone();
     loop {
         while shared.inbox_is_full() {
@@ -139,6 +143,8 @@ async fn write_loop(
                 match heartbeat.check(&shared) {
                     Beat::Ping(payload) => Outgoing::Message(Message::Ping(payload.into()), 0),
                     Beat::TimedOut => {
+                        // The close frame's write must not inherit the expired deadline.
+                        heartbeat.disable();
                         shared.close(1011, "keepalive ping timeout");
                         continue;
                     }

@@ -205,8 +205,10 @@ impl Connection {
             headers: headers.unwrap_or_default(),
         });
         if !accepted {
-            self.shared
-                .end(1006, "the client went away before the handshake was accepted");
+            self.shared.end(
+                1006,
+                "the client went away before the handshake was accepted",
+            );
         }
         done(py)
     }
@@ -271,7 +273,11 @@ pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         return Ok(array.to_vec());
     }
     if data.hasattr("tobytes")? {
-        return Ok(data.call_method0("tobytes")?.cast::<PyBytes>()?.as_bytes().to_vec());
+        return Ok(data
+            .call_method0("tobytes")?
+            .cast::<PyBytes>()?
+            .as_bytes()
+            .to_vec());
     }
     Err(PyTypeError::new_err(format!(
         "expected bytes, bytearray or memoryview, got {}",
