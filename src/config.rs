@@ -21,8 +21,9 @@ pub struct ServerConfig {
     /// Bytes a socket's outbox may hold before `send_*` parks and broadcasts apply the
     /// slow-consumer policy.
     pub outbox_limit: usize,
-    /// Messages a socket's inbox holds before the engine stops reading that socket.
-    pub inbox_capacity: usize,
+    /// Bytes a socket's inbox holds before the engine stops reading that socket (a single
+    /// message larger than this is still taken, alone).
+    pub inbox_limit: usize,
     pub http_max_body: usize,
     /// How long a closing handshake may take before the socket is dropped.
     pub close_timeout: Duration,

@@ -28,6 +28,23 @@ pub enum Incoming {
     Binary(Bytes),
 }
 
+impl Incoming {
+    fn size(&self) -> usize {
+        match self {
+            Incoming::Text(text) => text.len(),
+            Incoming::Binary(data) => data.len(),
+        }
+        .max(MESSAGE_FLOOR)
+    }
+}
+
+/// Every message counts as at least this many bytes against the inbox and outbox limits,
+/// so that a flood of empty messages is bounded too.
+const MESSAGE_FLOOR: usize = 16;
+
+/// Queue slots an inbox keeps once a burst has drained.
+const IDLE_QUEUE_CAPACITY: usize = 16;
+
 pub enum Outgoing {
     Message(Message, usize),
     Close(u16, String),
@@ -72,6 +89,8 @@ pub enum Received {
 
 struct Inbox {
     queue: VecDeque<Incoming>,
+    /// Bytes of the queued messages (each counted as at least `MESSAGE_FLOOR`).
+    bytes: usize,
     ended: Option<CloseInfo>,
     receiver_waiting: bool,
 }
@@ -113,6 +132,7 @@ impl ConnShared {
             server,
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
+                bytes: 0,
                 ended: None,
                 receiver_waiting: false,
             }),
@@ -141,7 +161,7 @@ impl ConnShared {
     // ---- inbox: reader task → Python ----
 
     pub fn inbox_is_full(&self) -> bool {
-        self.inbox.lock().queue.len() >= self.server.config.inbox_capacity
+        self.inbox.lock().bytes >= self.server.config.inbox_limit
     }
 
     /// Called by the reader task for each data message.
@@ -149,6 +169,7 @@ impl ConnShared {
         stats::bump(&counter::messages_received);
         let wake = {
             let mut inbox = self.inbox.lock();
+            inbox.bytes += message.size();
             inbox.queue.push_back(message);
             std::mem::take(&mut inbox.receiver_waiting)
         };
@@ -163,8 +184,14 @@ impl ConnShared {
         if let Some(message) = inbox.queue.pop_front() {
             // Wake a reader waiting on a full inbox only once it is half empty, so that it
             // refills in bulk: one cross-thread wake-up per half inbox, not per message.
-            let low_water = self.server.config.inbox_capacity / 2;
-            let reader_may_refill = inbox.queue.len() == low_water;
+            let low_water = self.server.config.inbox_limit / 2;
+            let before = inbox.bytes;
+            inbox.bytes -= message.size();
+            let reader_may_refill = before > low_water && inbox.bytes <= low_water;
+            if inbox.queue.is_empty() && inbox.queue.capacity() > IDLE_QUEUE_CAPACITY {
+                // A burst is over: give its memory back, idle sockets stay small.
+                inbox.queue.shrink_to(IDLE_QUEUE_CAPACITY);
+            }
             drop(inbox);
             if reader_may_refill {
                 self.inbox_space.notify_one();
@@ -331,6 +358,5 @@ pub fn message_size(message: &Message) -> usize {
         Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
         Message::Close(_) | Message::Frame(_) => 0,
     }
-    // A floor per message, so that a flood of empty messages is bounded too.
-    .max(16)
+    .max(MESSAGE_FLOOR)
 }

@@ -137,7 +137,7 @@ mod tests {
             max_connections: None,
             allowed_origins: None,
             outbox_limit: 1 << 20,
-            inbox_capacity: 64,
+            inbox_limit: 256 * 1024,
             http_max_body: 1 << 20,
             close_timeout: Duration::from_secs(1),
         }

@@ -91,7 +91,7 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host="127.0.0.1".to_owned(), port=8000, backlog=2048, reuse_port=false,
         ws_max_size=1 << 20, ws_ping_interval=Some(20.0), ws_ping_timeout=Some(20.0),
-        max_connections=None, allowed_origins=None, outbox_limit=1 << 20, inbox_capacity=64,
+        max_connections=None, allowed_origins=None, outbox_limit=1 << 20, inbox_limit=256 * 1024,
         http_max_body=1 << 20, io_threads=None, close_timeout=5.0,
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -110,7 +110,7 @@ impl Server {
         max_connections: Option<usize>,
         allowed_origins: Option<Vec<String>>,
         outbox_limit: usize,
-        inbox_capacity: usize,
+        inbox_limit: usize,
         http_max_body: usize,
         io_threads: Option<usize>,
         close_timeout: f64,
@@ -127,7 +127,7 @@ impl Server {
             max_connections,
             allowed_origins,
             outbox_limit: outbox_limit.max(1),
-            inbox_capacity: inbox_capacity.max(1),
+            inbox_limit: inbox_limit.max(1),
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
         };

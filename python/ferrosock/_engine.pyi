@@ -35,7 +35,7 @@ class Server:
         max_connections: int | None = None,
         allowed_origins: list[str] | None = None,
         outbox_limit: int = 1 << 20,
-        inbox_capacity: int = 64,
+        inbox_limit: int = 256 * 1024,
         http_max_body: int = 1 << 20,
         io_threads: int | None = None,
     ) -> None:

@@ -42,8 +42,9 @@ class Config:
         default=MIB,
         metadata={"help": "bytes queued per socket before sends wait / broadcasts skip it"},
     )
-    inbox_capacity: int = field(
-        default=64, metadata={"help": "messages buffered per socket before reading pauses"}
+    inbox_limit: int = field(
+        default=256 * 1024,
+        metadata={"help": "bytes buffered per socket before reading pauses (TCP pushes back)"},
     )
     http_max_body: int = field(default=MIB, metadata={"help": "largest HTTP request body"})
     backlog: int = field(default=2048, metadata={"help": "listen backlog"})
@@ -88,7 +89,7 @@ class Config:
             "max_connections": self.max_connections,
             "allowed_origins": self.allowed_origins,
             "outbox_limit": self.outbox_limit,
-            "inbox_capacity": self.inbox_capacity,
+            "inbox_limit": self.inbox_limit,
             "http_max_body": self.http_max_body,
             "io_threads": self.io_threads or _available_cpus(),
             "close_timeout": self.close_timeout,
