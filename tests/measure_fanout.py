@@ -64,6 +64,9 @@ class Subscriber(asyncio.Protocol):
         self.joined.set_result(None)
         self.meter.add(len(frame) - 2 - (frame[1] & 0x7F))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.meter.lost(exc)
+
 
 class Meter:
     """Bytes received by all subscribers; a future for "this many have arrived"."""
@@ -77,6 +80,11 @@ class Meter:
         self.total += count
         if self.reached is not None and self.total >= self.target and not self.reached.done():
             self.reached.set_result(time.perf_counter())
+
+    def lost(self, exc: Exception | None) -> None:
+        """A subscriber's connection ended: the target can no longer be reached."""
+        if self.reached is not None and not self.reached.done():
+            self.reached.set_exception(ConnectionError(f"a subscriber's connection ended: {exc}"))
 
     def expect(self, target: int) -> asyncio.Future[float]:
         self.target = target
@@ -146,6 +154,7 @@ async def measure(
     if kind == "native":
         stats = (await http_get(server.port, f"/state/{group}")).json()["stats"]
         assert stats["dropped"] == 0 and stats["closed_slow"] == 0, stats
+    meter.reached = None
     for subscriber in subscribers:
         assert subscriber.transport is not None
         subscriber.transport.close()
@@ -156,7 +165,9 @@ async def measure(
 async def main(args: argparse.Namespace) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    server = ServerProcess("apps.manager_apps:app", "--no-access-log", *args.server_args)
+    # No keepalive pings: these subscribers count bytes and never answer them.
+    flags = ["--no-access-log", "--ws-ping-interval", "0", *args.server_args]
+    server = ServerProcess("apps.manager_apps:app", *flags)
     server.start()
     try:
         print(
