@@ -251,7 +251,7 @@ async def test_handler_that_sees_the_disconnect_finds_its_socket_gone(server):
     ``active_connections`` without it). Repeated: a wrong order shows up as a race."""
     group = "gone-on-disconnect"
     stayer = await Member.join(server, group, "a", "stayer")
-    for index in range(50):
+    for index in range(200):
         leaver = await Member.join(server, group, "a", f"leaver-{index}")
         await leaver.close()
         seen = await outcome(server.port, f"{group}:leaver-{index}")
