@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,7 +91,8 @@ struct Inbox {
     queue: VecDeque<Incoming>,
     /// Bytes of the queued messages (each counted as at least `MESSAGE_FLOOR`).
     bytes: usize,
-    ended: Option<CloseInfo>,
+    /// Python may see the end: set by `end` after the connection left its registries.
+    ended: bool,
     receiver_waiting: bool,
 }
 
@@ -111,6 +112,9 @@ pub struct ConnShared {
     outbox: mpsc::UnboundedSender<Outgoing>,
     outbox_bytes: AtomicUsize,
     sender_waiting: AtomicBool,
+    /// How the connection ended; set once, by the first `end`.
+    closed: OnceLock<CloseInfo>,
+    /// The end is visible to Python (receive, send, states); set after `closed`.
     ended: AtomicBool,
     /// Cancelled to stop both IO tasks at once (close timeout, slow consumer, shutdown).
     pub stop: CancellationToken,
@@ -133,13 +137,14 @@ impl ConnShared {
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
                 bytes: 0,
-                ended: None,
+                ended: false,
                 receiver_waiting: false,
             }),
             inbox_space: Notify::new(),
             outbox,
             outbox_bytes: AtomicUsize::new(0),
             sender_waiting: AtomicBool::new(false),
+            closed: OnceLock::new(),
             ended: AtomicBool::new(false),
             stop: CancellationToken::new(),
             waiters: Mutex::new(Waiters::default()),
@@ -150,12 +155,18 @@ impl ConnShared {
         (shared, outbox_rx)
     }
 
+    /// The end is visible to the handler: receives and sends report it.
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
 
+    /// The connection is ending: registries stop offering it messages.
+    pub fn is_closing(&self) -> bool {
+        self.closed.get().is_some()
+    }
+
     pub fn close_info(&self) -> Option<CloseInfo> {
-        self.inbox.lock().ended.clone()
+        self.closed.get().cloned()
     }
 
     // ---- inbox: reader task → Python ----
@@ -198,8 +209,8 @@ impl ConnShared {
             }
             return Received::Message(message);
         }
-        if let Some(info) = &inbox.ended {
-            return Received::Ended(info.clone());
+        if inbox.ended {
+            return Received::Ended(self.close_info().unwrap_or_else(lost));
         }
         inbox.receiver_waiting = true;
         Received::Empty
@@ -210,10 +221,7 @@ impl ConnShared {
     /// Queue a message whatever the outbox holds; returns the bytes now queued.
     pub fn enqueue(&self, message: Message) -> Result<usize, CloseInfo> {
         if self.is_ended() {
-            return Err(self.close_info().unwrap_or(CloseInfo {
-                code: 1006,
-                reason: String::new(),
-            }));
+            return Err(self.close_info().unwrap_or_else(lost));
         }
         let size = message_size(&message);
         let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
@@ -226,7 +234,7 @@ impl ConnShared {
 
     /// Queue a message only if it fits under the outbox limit (fan-out uses this).
     pub fn offer(&self, message: Message, size: usize) -> Offer {
-        if self.is_ended() {
+        if self.is_closing() {
             return Offer::Ended;
         }
         let limit = self.server.config.outbox_limit;
@@ -288,16 +296,29 @@ impl ConnShared {
     }
 
     /// Record the end of the connection. Returns true for the one call that ended it.
+    ///
+    /// The order matters: claim the end (registries stop offering messages), leave every
+    /// registry, and only then let the handler see it — code in `except WebSocketDisconnect`
+    /// must find the socket already gone from its managers.
     pub fn end(self: &Arc<Self>, code: u16, reason: &str) -> bool {
+        let claimed = self.closed.set(CloseInfo {
+            code,
+            reason: reason.to_owned(),
+        });
+        if claimed.is_err() {
+            return false;
+        }
+        // Take the list first: a registry locks its members, then a connection's memberships.
+        let registries = std::mem::take(&mut *self.memberships.lock());
+        for registry in registries {
+            if let Some(registry) = registry.upgrade() {
+                registry.forget(self.id);
+            }
+        }
+        self.server.forget(self.id);
         let (wake_receiver, wake_sender) = {
             let mut inbox = self.inbox.lock();
-            if inbox.ended.is_some() {
-                return false;
-            }
-            inbox.ended = Some(CloseInfo {
-                code,
-                reason: reason.to_owned(),
-            });
+            inbox.ended = true;
             self.ended.store(true, Ordering::Release);
             (
                 std::mem::take(&mut inbox.receiver_waiting),
@@ -311,14 +332,6 @@ impl ConnShared {
         if wake_sender {
             self.server.bridge.push(Event::WakeSend(self.clone()));
         }
-        // Take the list first: a registry locks its members, then a connection's memberships.
-        let registries = std::mem::take(&mut *self.memberships.lock());
-        for registry in registries {
-            if let Some(registry) = registry.upgrade() {
-                registry.forget(self.id);
-            }
-        }
-        self.server.forget(self.id);
         self.server.bridge.log(
             LOG_DEBUG,
             format!("connection {} ended with {code} {reason}", self.id),
@@ -332,7 +345,7 @@ impl ConnShared {
     /// Returns false if the connection has already ended.
     pub fn joined(&self, registry: Weak<RegistryInner>) -> bool {
         let mut memberships = self.memberships.lock();
-        if self.is_ended() {
+        if self.is_closing() {
             return false;
         }
         if !memberships.iter().any(|r| r.ptr_eq(&registry)) {
@@ -343,6 +356,13 @@ impl ConnShared {
 
     pub fn left(&self, registry: &Weak<RegistryInner>) {
         self.memberships.lock().retain(|r| !r.ptr_eq(registry));
+    }
+}
+
+fn lost() -> CloseInfo {
+    CloseInfo {
+        code: 1006,
+        reason: String::new(),
     }
 }
 

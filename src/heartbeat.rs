@@ -113,14 +113,6 @@ impl Heartbeat {
     }
 }
 
-/// Sleep until `at`, or forever when there is nothing to wait for.
-pub async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bridge::LOG_INFO;
 use crate::connection::{ConnShared, Incoming, Outgoing};
 use crate::heartbeat::{self, Beat, Heartbeat};
+use tokio::time::Instant;
 
 pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
 type Sink = SplitSink<WsStream, Message>;
@@ -62,6 +63,9 @@ async fn read_loop(
     done: CancellationToken,
 ) {
     let stop = shared.stop.clone();
+    // Made once: a fresh `cancelled()` per message would register with the token each time.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         while shared.inbox_is_full() {
             let space = shared.inbox_space.notified();
@@ -72,12 +76,12 @@ async fn read_loop(
             }
             tokio::select! {
                 _ = space => {}
-                _ = stop.cancelled() => return done.cancel(),
+                _ = &mut stopped => return done.cancel(),
             }
         }
         let next = tokio::select! {
             biased;
-            _ = stop.cancelled() => return done.cancel(),
+            _ = &mut stopped => return done.cancel(),
             next = stream.next() => next,
         };
         match next {
@@ -130,16 +134,23 @@ async fn write_loop(
     reader_done: CancellationToken,
 ) {
     let stop = shared.stop.clone();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let mut heartbeat = Heartbeat::new(&shared.server.config);
+    // Two timers made once and moved only when their deadline changes: a new timer per
+    // message would cost a timer-wheel insert and removal each time.
+    let mut check = Timer::new();
+    let mut write_deadline = Timer::new();
     loop {
+        check.set(heartbeat.next_check());
         let command = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             command = outbox.recv() => match command {
                 Some(command) => command,
                 None => return,
             },
-            _ = heartbeat::sleep_until(heartbeat.next_check()) => {
+            _ = check.wait() => {
                 match heartbeat.check(&shared) {
                     Beat::Ping(payload) => Outgoing::Message(Message::Ping(payload.into()), 0),
                     Beat::TimedOut => {
@@ -152,11 +163,11 @@ async fn write_loop(
                 }
             }
         };
-        let deadline = heartbeat.write_deadline();
+        write_deadline.set(heartbeat.write_deadline());
         let written = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
-            _ = heartbeat::sleep_until(deadline) => {
+            _ = &mut stopped => return,
+            _ = write_deadline.wait() => {
                 shared.end(1011, "keepalive ping timeout");
                 stop.cancel();
                 return;
@@ -167,7 +178,7 @@ async fn write_loop(
             Ok(Written::Open) => {}
             Ok(Written::CloseSent) => {
                 tokio::select! {
-                    _ = stop.cancelled() => {}
+                    _ = &mut stopped => {}
                     _ = reader_done.cancelled() => {}
                 }
                 return;
@@ -177,6 +188,37 @@ async fn write_loop(
                 stop.cancel();
                 return;
             }
+        }
+    }
+}
+
+/// A timer that is moved, not remade, when its deadline changes; `None` never fires.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<Instant>,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            deadline: None,
+        }
+    }
+
+    fn set(&mut self, deadline: Option<Instant>) {
+        if deadline != self.deadline {
+            self.deadline = deadline;
+            if let Some(at) = deadline {
+                self.sleep.as_mut().reset(at);
+            }
+        }
+    }
+
+    async fn wait(&mut self) {
+        match self.deadline {
+            Some(_) => (&mut self.sleep).await,
+            None => std::future::pending().await,
         }
     }
 }
