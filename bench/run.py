@@ -97,7 +97,7 @@ WORKLOADS = [
         "broadcast-1000",
         "broadcast to 1000 subscribers, 64 B",
         "broadcast",
-        ("--conns", "1000", "--window", "4"),
+        ("--conns", "1000", "--window", "8"),
     ),
     Workload(
         "handshake",
@@ -531,14 +531,16 @@ def measure_timed(server: Server, workloads: list[Workload], plan: Plan, say) ->
                 running = Running(server, "timed")
                 problem = running.wait_ready()
                 if problem:
-                    results[workload.name] = {
-                        "ok": False,
-                        "errors": [f"server did not start: {problem}"],
-                    }
+                    # A server that cannot start will not start for the next workload either.
+                    say(f"  server did not start: {problem}")
+                    for rest in workloads[workloads.index(workload) :]:
+                        results[rest.name] = {
+                            "ok": False,
+                            "errors": [f"server did not start: {problem}"],
+                        }
                     running.stop()
                     running = None
-                    say(f"  {workload.name:15} server did not start: {problem}")
-                    continue
+                    break
             result = None
             for attempt in range(1 + plan.retries):
                 report = run_loadgen(workload, running, plan.warmup, plan.duration)
@@ -569,7 +571,7 @@ def measure_idle(server: Server, workload: Workload, say) -> dict:
     try:
         problem = running.wait_ready()
         if problem:
-            say(f"  {workload.name:15} server did not start: {problem}")
+            say(f"  server did not start: {problem}")
             return {"ok": False, "errors": [f"server did not start: {problem}"]}
         # Warm the server up with a few connections, then take the baseline.
         warm = run_loadgen(
@@ -1135,7 +1137,13 @@ def main() -> int:
         log(f"{s.title}  [{' '.join(s.command(0)[:4])} ...]")
         results[s.name] = measure_timed(s, [w for w in mine if w.timed], plan, log)
         for w in (w for w in mine if not w.timed):
-            results[s.name][w.name] = dict(SKIPPED) if plan.spent() else measure_idle(s, w, log)
+            if plan.spent():
+                results[s.name][w.name] = dict(SKIPPED)
+                continue
+            results[s.name][w.name] = result = measure_idle(s, w, log)
+            if any(e.startswith("server did not start") for e in result.get("errors", [])):
+                for rest in (r for r in mine if not r.timed and r.name not in results[s.name]):
+                    results[s.name][rest.name] = dict(result)
         if s.is_ferrosock:
             failed_ferrosock += [
                 f"{s.name} {n}"

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! loadgen echo      --port P [--conns 100] [--size 64] [--inflight 1]
-//! loadgen broadcast --port P [--conns 100] [--size 64] [--window 8]     (path /chat)
+//! loadgen broadcast --port P [--conns 100] [--size 64] [--window 8] [--burst 4]  (path /chat)
 //! loadgen handshake --port P [--concurrency 8]
 //! loadgen idle      --port P [--conns 1000] [--hold 60]
 //! common: [--host 127.0.0.1] [--path /echo] [--warmup 1] [--duration 3]
@@ -64,6 +64,7 @@ pub struct Options {
     pub size: usize,
     pub inflight: usize,
     pub window: usize,
+    pub burst: usize,
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
@@ -75,7 +76,7 @@ fn usage(problem: &str) -> ! {
     eprintln!("loadgen: {problem}");
     eprintln!(
         "usage: loadgen <echo|broadcast|handshake|idle> --port P [--host H] [--path /echo] \
-         [--conns N] [--size BYTES] [--inflight K] [--window W] [--concurrency C] \
+         [--conns N] [--size BYTES] [--inflight K] [--window W] [--burst B] [--concurrency C] \
          [--warmup S] [--duration S] [--hold S] [--server-pid PID] [--sources A-B|A,B,..]"
     );
     std::process::exit(2);
@@ -140,6 +141,7 @@ fn parse_args() -> Options {
         size: 64,
         inflight: 1,
         window: 8,
+        burst: 0,
         concurrency: 8,
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(3),
@@ -174,6 +176,7 @@ fn parse_args() -> Options {
             "--size" => options.size = number(),
             "--inflight" => options.inflight = number(),
             "--window" => options.window = number(),
+            "--burst" => options.burst = number(),
             "--concurrency" => options.concurrency = number(),
             "--server-pid" => options.server_pid = Some(number() as u32),
             "--warmup" => options.warmup = seconds(value()),
@@ -199,6 +202,11 @@ fn parse_args() -> Options {
         usage("--conns, --inflight and --window must be positive (conns at most 100000)");
     }
     options.concurrency = options.concurrency.clamp(1, 1024);
+    // By default a broadcast sender writes half its window at a time.
+    if options.burst == 0 {
+        options.burst = (options.window / 2).max(1);
+    }
+    options.burst = options.burst.min(options.window);
     // A buffer that holds a few messages; small for idle connections.
     let read_buffer = match workload {
         Workload::Idle | Workload::Handshake => 512,

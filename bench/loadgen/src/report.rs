@@ -70,6 +70,7 @@ impl Report {
         field("size", options.size.to_string());
         field("inflight", options.inflight.to_string());
         field("window", options.window.to_string());
+        field("burst", options.burst.to_string());
         field("concurrency", options.concurrency.to_string());
         field("sources", options.target.sources.len().max(1).to_string());
         field("connections", self.connections.to_string());

@@ -268,6 +268,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 struct Fanout {
     subscribers: usize,
     window: usize,
+    burst: usize,
     sent_at: RefCell<Vec<Instant>>,
     /// Deliveries still owed for each message from `completed` on.
     owed: RefCell<VecDeque<u32>>,
@@ -297,8 +298,8 @@ impl Fanout {
         }
     }
 
-    /// The sender's turn: probe until every subscriber is in, then keep `window`
-    /// messages in flight until the drain.
+    /// The sender's turn: probe until every subscriber is in, then keep up to `window`
+    /// messages in flight until the drain, written `burst` or more at a time.
     fn send_more(
         &self,
         out: &mut Vec<u8>,
@@ -327,6 +328,11 @@ impl Fanout {
             }
         }
         if shared.phase.get() == Phase::Drain {
+            return Ok(());
+        }
+        // Refill only once a whole burst fits, so messages reach the server in bursts.
+        let in_flight = self.sent.get() - self.completed.get();
+        if in_flight + self.burst as u64 > self.window as u64 {
             return Ok(());
         }
         let mut sent_at = self.sent_at.borrow_mut();
@@ -406,6 +412,7 @@ async fn broadcast(options: &Options) -> Report {
     let fanout = Rc::new(Fanout {
         subscribers: conns.len(),
         window: options.window,
+        burst: options.burst,
         sent_at: RefCell::new(Vec::with_capacity(1 << 16)),
         owed: RefCell::new(VecDeque::new()),
         completed: Cell::new(0),
