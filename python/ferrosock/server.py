@@ -183,25 +183,28 @@ class Server:
 
 class _signals_handled:
     """SIGINT/SIGTERM request a graceful shutdown while in the main thread; a second
-    SIGINT stops at once."""
+    SIGINT (Ctrl-C pressed again) stops at once. Other repeats are ignored: a worker gets
+    Ctrl-C from the terminal and SIGTERM from its supervisor, and must still shut down
+    gracefully."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_signal: Any) -> None:
         self.loop = loop
         self.on_signal = on_signal
         self.installed: list[int] = []
-        self.received = 0
+        self.interrupted = False
 
-    def _handle(self) -> None:
-        self.received += 1
-        if self.received > 1:
-            raise KeyboardInterrupt
+    def _handle(self, signum: int) -> None:
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
         self.on_signal()
 
     def __enter__(self) -> _signals_handled:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
-                    self.loop.add_signal_handler(sig, self._handle)
+                    self.loop.add_signal_handler(sig, self._handle, sig)
                     self.installed.append(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
