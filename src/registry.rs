@@ -9,7 +9,7 @@
 //! registry by themselves when they end.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -66,6 +66,7 @@ enum Target {
 
 struct Delivery {
     message: Message,
+    size: usize,
     target: Target,
     exclude: Option<u64>,
 }
@@ -80,6 +81,8 @@ struct Counters {
 
 pub struct RegistryInner {
     members: Mutex<Members>,
+    /// Bytes handed to the fan-out task and not yet offered to the members.
+    backlog: AtomicUsize,
     policy: SlowConsumer,
     counters: Counters,
 }
@@ -91,7 +94,7 @@ impl RegistryInner {
     }
 
     fn deliver(&self, delivery: Delivery) {
-        let size = message_size(&delivery.message);
+        let size = delivery.size;
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
         let mut dropped = 0;
@@ -136,6 +139,7 @@ impl RegistryInner {
         for conn in slow {
             conn.close(1013, "slow consumer: outbox full");
         }
+        self.backlog.fetch_sub(size, Ordering::AcqRel);
     }
 }
 
@@ -198,9 +202,12 @@ impl Registry {
                 crate::runtime::get().spawn(fan_out(self.weak(), deliveries));
             }
         });
+        let size = message_size(&message);
+        self.inner.backlog.fetch_add(size, Ordering::AcqRel);
         // The fan-out task lives as long as the registry.
         let _ = self.queue.send(Delivery {
             message,
+            size,
             target,
             exclude: exclude.map(|c| c.shared().id),
         });
@@ -227,6 +234,7 @@ impl Registry {
         };
         let inner = Arc::new(RegistryInner {
             members: Mutex::new(Members::default()),
+            backlog: AtomicUsize::new(0),
             policy,
             counters: Counters::default(),
         });
@@ -309,6 +317,12 @@ impl Registry {
         Ok(known)
     }
 
+    /// Bytes waiting for the fan-out task: `ConnectionManager` makes publishers wait
+    /// while this is over its limit, so the queue stays bounded.
+    fn backlog(&self) -> usize {
+        self.inner.backlog.load(Ordering::Acquire)
+    }
+
     fn __len__(&self) -> usize {
         self.inner.members.lock().by_id.len()
     }
@@ -346,6 +360,7 @@ impl Registry {
         dict.set_item("delivered", counters.delivered.load(Ordering::Relaxed))?;
         dict.set_item("dropped", counters.dropped.load(Ordering::Relaxed))?;
         dict.set_item("closed_slow", counters.closed_slow.load(Ordering::Relaxed))?;
+        dict.set_item("backlog", self.backlog())?;
         Ok(dict)
     }
 }

@@ -9,6 +9,7 @@ the order it was asked. Sockets that end leave the manager by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from typing import Any, Literal
 
@@ -17,11 +18,21 @@ from .websockets import WebSocket, _json_text
 
 
 class ConnectionManager:
-    def __init__(self, *, slow_consumer: Literal["close", "drop"] = "close") -> None:
+    def __init__(
+        self,
+        *,
+        slow_consumer: Literal["close", "drop"] = "close",
+        backlog_limit: int = 8 << 20,
+    ) -> None:
         """``slow_consumer``: what a broadcast does to a member whose outbox is full —
         ``"close"`` it with 1013 (the client can reconnect and resync) or ``"drop"`` the
-        message for that member (counted in ``stats()["dropped"]``)."""
+        message for that member (counted in ``stats()["dropped"]``).
+
+        ``backlog_limit``: bytes handed over for fan-out but not yet offered to members.
+        A publisher that gets this far ahead of the fan-out waits in ``broadcast`` until
+        it is half caught up, so a fast publisher cannot grow the server's memory."""
         self._registry = _engine.Registry(slow_consumer=slow_consumer)
+        self._backlog_limit = backlog_limit
         self._sockets: weakref.WeakValueDictionary[int, WebSocket] = weakref.WeakValueDictionary()
 
     # ---- the docs' methods ----
@@ -39,6 +50,7 @@ class ConnectionManager:
     async def send_personal_message(self, message: str | bytes, websocket: WebSocket) -> None:
         if websocket._connection in self._registry:
             self._send_to(websocket.id, message)
+            await self._keep_up()
         elif isinstance(message, str):
             await websocket.send_text(message)
         else:
@@ -49,6 +61,7 @@ class ConnectionManager:
     ) -> None:
         """Send ``message`` to every member (of ``room``), except ``exclude``."""
         self._registry.broadcast_text(message, room, _connection_of(exclude))
+        await self._keep_up()
 
     # ---- more ----
 
@@ -64,15 +77,27 @@ class ConnectionManager:
         self, data: Any, room: str | None = None, exclude: WebSocket | None = None
     ) -> None:
         self._registry.broadcast_text(_json_text(data), room, _connection_of(exclude))
+        await self._keep_up()
 
     async def broadcast_bytes(
         self, data: bytes, room: str | None = None, exclude: WebSocket | None = None
     ) -> None:
         self._registry.broadcast_bytes(data, room, _connection_of(exclude))
+        await self._keep_up()
 
     async def send_to(self, connection_id: int, message: str | bytes) -> bool:
         """Send to the member with this id; False when no such member is here."""
-        return self._send_to(connection_id, message)
+        sent = self._send_to(connection_id, message)
+        await self._keep_up()
+        return sent
+
+    async def _keep_up(self) -> None:
+        """Backpressure on publishers: past the backlog limit, wait (polling, 1 ms) until
+        the fan-out has caught up to half of it. The usual case is one integer read."""
+        if self._registry.backlog() <= self._backlog_limit:
+            return
+        while self._registry.backlog() > self._backlog_limit // 2:
+            await asyncio.sleep(0.001)
 
     def _send_to(self, connection_id: int, message: str | bytes) -> bool:
         if isinstance(message, str):
@@ -99,7 +124,8 @@ class ConnectionManager:
         return [ws for ws in list(self._sockets.values()) if ws._connection in self._registry]
 
     def stats(self) -> dict[str, int]:
-        """``members``, ``broadcasts``, ``delivered``, ``dropped`` and ``closed_slow``."""
+        """``members``, ``broadcasts``, ``delivered``, ``dropped``, ``closed_slow`` and
+        ``backlog`` (bytes waiting for the fan-out)."""
         return self._registry.stats()
 
     def __len__(self) -> int:
