@@ -2,7 +2,14 @@
 documentation's Python-loop manager (only the imports changed), ``native_app`` uses
 ferrosock's own ``ConnectionManager``, whose broadcast fans out in Rust."""
 
-from ferrosock import App, ConnectionManager as NativeConnectionManager, WebSocket, WebSocketDisconnect
+from ferrosock import (
+    App,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from ferrosock import (
+    ConnectionManager as NativeConnectionManager,
+)
 
 
 class ConnectionManager:
