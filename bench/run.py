@@ -824,6 +824,8 @@ def markdown(document: dict) -> str:
     def summary(heading: str, names: list[Workload], figure, ratio_key: str) -> list[str]:
         rows = []
         for s in ran:
+            if not any(w.name in results[s["name"]] for w in names):
+                continue
             row = [s["title"]]
             for w in names:
                 r = results[s["name"]].get(w.name)
