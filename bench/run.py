@@ -906,7 +906,9 @@ def setup(log) -> int:
         if requirement and subprocess.run([*pip, requirement]).returncode != 0:
             log(f"optional peer {requirement} did not install; it will be skipped")
     log(f"installing ferrosock from {REPO} (builds the wheel)")
-    if subprocess.run([*pip, str(REPO)]).returncode != 0:
+    # Its own cargo target directory, so the build never waits on another one's lock.
+    env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET / "wheel"))
+    if subprocess.run([*pip, str(REPO)], env=env).returncode != 0:
         log("installing ferrosock failed")
         return 2
     return 0
@@ -935,6 +937,11 @@ def build(quick: bool, log) -> bool:
 def versions(peer_python: str, ferrosock_python: str | None) -> dict:
     found = {"python": platform.python_version()}
     if Path(peer_python).exists():
+        found["python"] = subprocess.run(
+            [peer_python, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         frozen = subprocess.run(
             [peer_python, "-m", "pip", "freeze"], capture_output=True, text=True
         ).stdout
