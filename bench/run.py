@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -53,6 +53,10 @@ BASELINE = "fastapi-uvicorn"
 # (percent), or the hypervisor stole more than this from us.
 NOISY_OTHERS_PCT = 10.0
 NOISY_STEAL_PCT = 5.0
+# ... or the server's CPU, measured just before and after the window, ran this much slower
+# than at its best in the run (neighbours on the host that no /proc counter shows).
+NOISY_SLOWER_SPIN_PCT = 12.0
+NOISY_SLOWER_CHASE_PCT = 50.0
 # The load generator is near saturation: throughput may be the client's limit.
 LOADGEN_BOUND_PCT = 90.0
 # Client connections per idle load-generator process (each stays far below 20 000 files).
@@ -403,6 +407,52 @@ class Running:
         self.log.close()
 
 
+def calibrate() -> dict:
+    """How fast the server's CPU is right now (`loadgen calibrate`, ~0.2 s)."""
+    done = subprocess.run(
+        pinned(SERVER_CPU, [str(LOADGEN), "calibrate"]), capture_output=True, text=True, timeout=30
+    )
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return {}
+
+
+class CpuSpeed:
+    """The fastest calibration seen so far in this run: the yardstick for slow windows."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, float] = {}
+
+    def around(self, before: dict, after: dict) -> dict:
+        """The slower of two readings, remembering the fastest of each."""
+        worst = {}
+        for key in ("spin_ns", "chase_ns"):
+            values = [r[key] for r in (before, after) if key in r]
+            if values:
+                worst[key] = max(values)
+                self.best[key] = min([*values, self.best.get(key, math.inf)])
+        return worst
+
+    def slower_pct(self, speed: dict) -> dict:
+        return {
+            key: round(100.0 * (speed[key] / self.best[key] - 1.0), 1)
+            for key in speed
+            if self.best.get(key)
+        }
+
+    def flags(self, speed: dict) -> list[str]:
+        slower = self.slower_pct(speed)
+        flags = []
+        if slower.get("spin_ns", 0.0) > NOISY_SLOWER_SPIN_PCT:
+            flags.append(
+                f"noisy: CPU {SERVER_CPU} ran {slower['spin_ns']:.0f}% slower than its best"
+            )
+        if slower.get("chase_ns", 0.0) > NOISY_SLOWER_CHASE_PCT:
+            flags.append(f"noisy: memory {slower['chase_ns']:.0f}% slower than its best")
+        return flags
+
+
 def run_loadgen(workload: Workload, running: Running, warmup: float, duration: float) -> dict:
     argv = [
         str(LOADGEN),
@@ -509,6 +559,7 @@ class Plan:
     duration: float
     retries: int
     deadline: float  # time.monotonic() after which nothing new is started
+    speed: CpuSpeed = field(default_factory=CpuSpeed)
 
     def spent(self, margin: float = 0.0) -> bool:
         return time.monotonic() + margin > self.deadline
@@ -543,8 +594,15 @@ def measure_timed(server: Server, workloads: list[Workload], plan: Plan, say) ->
                     break
             result = None
             for attempt in range(1 + plan.retries):
+                before = calibrate()
                 report = run_loadgen(workload, running, plan.warmup, plan.duration)
+                speed = plan.speed.around(before, calibrate())
                 candidate = derive(report, workload)
+                candidate["cpu_speed"] = speed
+                slow = plan.speed.flags(speed)
+                if slow and "flags" in candidate:
+                    candidate["flags"] += slow
+                    candidate["noisy"] = True
                 candidate["attempts"] = attempt + 1
                 if result is None or (
                     candidate.get("ok")
@@ -1159,6 +1217,17 @@ def main() -> int:
                 for n, r in results[s.name].items()
                 if not r.get("ok") and not r.get("skipped")
             ]
+    for server_results in results.values():
+        for result in server_results.values():
+            if "cpu_speed" in result:
+                result["flags"] = [
+                    f
+                    for f in result.get("flags", [])
+                    if not f.startswith(("noisy: CPU", "noisy: memory"))
+                ]
+                result["flags"] += plan.speed.flags(result["cpu_speed"])
+                result["cpu_slower_pct"] = plan.speed.slower_pct(result["cpu_speed"])
+                result["noisy"] = any(f.startswith("noisy") for f in result["flags"])
     add_ratios(results)
 
     document = {
@@ -1174,6 +1243,9 @@ def main() -> int:
             "loadgen_cpu": LOADGEN_CPU,
             "noisy_others_pct": NOISY_OTHERS_PCT,
             "noisy_steal_pct": NOISY_STEAL_PCT,
+            "noisy_slower_spin_pct": NOISY_SLOWER_SPIN_PCT,
+            "noisy_slower_chase_pct": NOISY_SLOWER_CHASE_PCT,
+            "best_cpu_speed": plan.speed.best,
             "ferrosock_python": ferrosock_python,
         },
         "versions": versions(options.peer_python, ferrosock_python),

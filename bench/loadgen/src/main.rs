@@ -7,6 +7,7 @@
 //! loadgen broadcast --port P [--conns 100] [--size 64] [--window 8] [--burst 4]  (path /chat)
 //! loadgen handshake --port P [--concurrency 8]
 //! loadgen idle      --port P [--conns 1000] [--hold 60]
+//! loadgen calibrate                        (how fast this CPU is right now)
 //! common: [--host 127.0.0.1] [--path /echo] [--warmup 1] [--duration 3]
 //!         [--server-pid PID] [--sources 127.0.0.2-127.0.0.9]
 //! ```
@@ -16,6 +17,7 @@
 //! `idle` prints `READY <n>` once all connections are open and each has had one
 //! message echoed, then holds them until its standard input closes (or `--hold` runs out).
 
+mod calibrate;
 mod conn;
 mod frame;
 mod histogram;
@@ -222,6 +224,10 @@ fn parse_args() -> Options {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("calibrate") {
+        println!("{}", calibrate::run());
+        return;
+    }
     let options = parse_args();
     procstat::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
