@@ -328,8 +328,15 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# The CPUs this script may use, read before it pins itself.
+ALLOWED_CPUS = os.sched_getaffinity(0)
+
+
 def pinned(cpu: int, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if shutil.which("taskset") else argv
+    """`argv` under `taskset -c cpu`, where that CPU exists and taskset is installed."""
+    if cpu in ALLOWED_CPUS and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *argv]
+    return argv
 
 
 # --------------------------------------------------------------------------- processes
@@ -1226,12 +1233,10 @@ def main() -> int:
     if not LOADGEN.exists():
         log(f"{LOADGEN} is missing; run without --no-build")
         return 2
-    if (os.cpu_count() or 1) < 2:
-        log("warning: fewer than 2 CPUs; server and load generator will share one")
-    try:
+    if not {SERVER_CPU, LOADGEN_CPU} <= ALLOWED_CPUS:
+        log(f"warning: CPUs {SERVER_CPU} and {LOADGEN_CPU} are not both available; not pinning")
+    else:
         os.sched_setaffinity(0, {LOADGEN_CPU})  # keep this script off the server's CPU
-    except OSError:
-        pass
 
     for s in servers:
         if s.unavailable:
@@ -1262,7 +1267,7 @@ def main() -> int:
         for s in runnable:
             mine = [w for w in selected if s.workloads is None or w.name in s.workloads]
             timed = [w for w in mine if w.timed]
-            if round_index > 0 and not timed:
+            if not mine or (round_index > 0 and not timed):
                 continue
             if plan.spent():
                 if round_index == 0:
