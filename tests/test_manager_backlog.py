@@ -3,8 +3,6 @@ stay under the manager's ``backlog_limit`` instead of growing with every broadca
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from core_server import ServerProcess
 from core_support import http_get
@@ -23,10 +21,8 @@ def server(start_server) -> ServerProcess:
 async def test_fast_publisher_waits_instead_of_growing_the_fanout_queue(server):
     members = [await connect(server.ws_url("/member"), open_timeout=10) for _ in range(MEMBERS)]
     try:
-        for _ in range(100):
-            if (await http_get(server.port, "/members")).json()["members"] == MEMBERS:
-                break
-            await asyncio.sleep(0.05)
+        joined = await http_get(server.port, f"/members?at_least={MEMBERS}")
+        assert joined.json()["members"] == MEMBERS, joined
         response = await http_get(server.port, f"/flood?count={BROADCASTS}&size={SIZE}")
         assert response.status == 200, response
         result = response.json()

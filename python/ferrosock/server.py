@@ -138,11 +138,9 @@ class Server:
                 connection.reject(403)
             elif state is WebSocketState.CONNECTED:
                 await websocket.close(1000)
-            self._log_websocket_end(connection, state)
+            self._log_websocket_end(connection)
 
-    def _log_websocket_end(
-        self, connection: _engine.Connection, state_at_end: WebSocketState
-    ) -> None:
+    def _log_websocket_end(self, connection: _engine.Connection) -> None:
         if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
             return
         host, port = connection.client

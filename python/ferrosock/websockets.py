@@ -83,9 +83,13 @@ class WebSocket:
     @property
     def url(self) -> URL:
         connection = self._connection
-        host = self.headers.get("host") or "{}:{}".format(*connection.server)
-        query = f"?{connection.query_string}" if connection.query_string else ""
-        return URL(f"{connection.scheme}://{host}{connection.path}{query}")
+        return URL.from_parts(
+            connection.scheme,
+            self.headers,
+            connection.server,
+            connection.path,
+            connection.query_string,
+        )
 
     @property
     def client(self) -> Address:

@@ -1,16 +1,21 @@
 """A publisher that broadcasts as fast as Python can, to members that never read."""
 
+import asyncio
+
 from ferrosock import App, ConnectionManager, WebSocket, WebSocketDisconnect
 
 BACKLOG_LIMIT = 64 * 1024
 
 app = App()
 manager = ConnectionManager(slow_consumer="drop", backlog_limit=BACKLOG_LIMIT)
+joined = asyncio.Condition()
 
 
 @app.websocket("/member")
 async def member(websocket: WebSocket):
     await manager.connect(websocket)
+    async with joined:
+        joined.notify_all()
     try:
         while True:
             await websocket.receive_text()
@@ -19,7 +24,10 @@ async def member(websocket: WebSocket):
 
 
 @app.get("/members")
-async def members():
+async def members(at_least: int):
+    """The member count once at least ``at_least`` sockets have joined (10 s at most)."""
+    async with joined:
+        await asyncio.wait_for(joined.wait_for(lambda: len(manager) >= at_least), 10)
     return {"members": len(manager)}
 
 
