@@ -29,11 +29,6 @@ pub struct ServerConfig {
     pub close_timeout: Duration,
 }
 
-impl ServerConfig {
-    /// tungstenite's read buffer: small, so that thousands of idle sockets stay cheap.
-    pub const READ_BUFFER_SIZE: usize = 4 * 1024;
-}
-
 pub fn seconds(value: Option<f64>) -> Option<Duration> {
     value.filter(|s| *s > 0.0).map(Duration::from_secs_f64)
 }

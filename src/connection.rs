@@ -9,22 +9,20 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Event, LOG_DEBUG};
+use crate::frame::{OutFrame, Text};
 use crate::registry::RegistryInner;
 use crate::server::ServerState;
 use crate::stats::{self, counter};
 
 pub enum Incoming {
-    Text(Utf8Bytes),
+    Text(Text),
     Binary(Bytes),
 }
 
@@ -42,11 +40,12 @@ impl Incoming {
 /// so that a flood of empty messages is bounded too.
 const MESSAGE_FLOOR: usize = 16;
 
-/// Queue slots an inbox keeps once a burst has drained.
+/// Queue slots an inbox or outbox keeps once a burst has drained.
 const IDLE_QUEUE_CAPACITY: usize = 16;
 
 pub enum Outgoing {
-    Message(Message, usize),
+    /// A frame and the bytes it counts for against the outbox limit.
+    Frame(OutFrame, usize),
     Close(u16, String),
 }
 
@@ -107,17 +106,17 @@ pub struct ConnShared {
     pub id: u64,
     pub server: Arc<ServerState>,
     inbox: Mutex<Inbox>,
-    /// Signalled when Python has taken the inbox down to half its capacity.
-    pub inbox_space: Notify,
-    outbox: mpsc::UnboundedSender<Outgoing>,
+    outbox: Mutex<VecDeque<Outgoing>>,
     outbox_bytes: AtomicUsize,
+    /// Wakes the connection's IO task: something to write, room in the inbox, or stop.
+    io_waker: AtomicWaker,
     sender_waiting: AtomicBool,
     /// How the connection ended; set once, by the first `end`.
     closed: OnceLock<CloseInfo>,
     /// The end is visible to Python (receive, send, states); set after `closed`.
     ended: AtomicBool,
-    /// Cancelled to stop both IO tasks at once (close timeout, slow consumer, shutdown).
-    pub stop: CancellationToken,
+    /// Set to drop the socket at once (the IO task sees it on its next poll).
+    stopped: AtomicBool,
     pub waiters: Mutex<Waiters>,
     /// Last ping round-trip in microseconds; 0 until a pong came back.
     pub latency_us: AtomicU64,
@@ -129,9 +128,8 @@ pub struct ConnShared {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl ConnShared {
-    pub fn new(server: Arc<ServerState>) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Self {
+    pub fn new(server: Arc<ServerState>) -> Arc<Self> {
+        Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             server,
             inbox: Mutex::new(Inbox {
@@ -140,19 +138,18 @@ impl ConnShared {
                 ended: false,
                 receiver_waiting: false,
             }),
-            inbox_space: Notify::new(),
-            outbox,
+            outbox: Mutex::new(VecDeque::new()),
             outbox_bytes: AtomicUsize::new(0),
+            io_waker: AtomicWaker::new(),
             sender_waiting: AtomicBool::new(false),
             closed: OnceLock::new(),
             ended: AtomicBool::new(false),
-            stop: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
             waiters: Mutex::new(Waiters::default()),
             latency_us: AtomicU64::new(0),
             last_pong_at: AtomicU64::new(0),
             memberships: Mutex::new(Vec::new()),
-        });
-        (shared, outbox_rx)
+        })
     }
 
     /// The end is visible to the handler: receives and sends report it.
@@ -205,7 +202,7 @@ impl ConnShared {
             }
             drop(inbox);
             if reader_may_refill {
-                self.inbox_space.notify_one();
+                self.io_waker.wake();
             }
             return Received::Message(message);
         }
@@ -216,24 +213,34 @@ impl ConnShared {
         Received::Empty
     }
 
-    // ---- outbox: Python and registries → writer task ----
+    // ---- outbox: Python and registries → the IO task ----
 
-    /// Queue a message whatever the outbox holds; returns the bytes now queued.
-    pub fn enqueue(&self, message: Message) -> Result<usize, CloseInfo> {
+    fn push(&self, command: Outgoing) {
+        self.outbox.lock().push_back(command);
+        self.io_waker.wake();
+    }
+
+    /// Queue a frame whatever the outbox holds; returns the bytes now queued.
+    pub fn enqueue(&self, frame: OutFrame) -> Result<usize, CloseInfo> {
         if self.is_ended() {
             return Err(self.close_info().unwrap_or_else(lost));
         }
-        let size = message_size(&message);
+        let size = frame_size(&frame);
         let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        // The receiver lives as long as the writer task; once it is gone the connection
-        // has ended and the message has nowhere to go.
-        let _ = self.outbox.send(Outgoing::Message(message, size));
+        self.push(Outgoing::Frame(frame, size));
         stats::bump(&counter::messages_sent);
         Ok(queued)
     }
 
-    /// Queue a message only if it fits under the outbox limit (fan-out uses this).
-    pub fn offer(&self, message: Message, size: usize) -> Offer {
+    /// Queue a control frame of the IO task's own (pong, ping): counted, never refused.
+    pub fn enqueue_control(&self, frame: OutFrame) {
+        let size = frame_size(&frame);
+        self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
+        self.push(Outgoing::Frame(frame, size));
+    }
+
+    /// Queue a frame only if it fits under the outbox limit (fan-out uses this).
+    pub fn offer(&self, frame: OutFrame, size: usize) -> Offer {
         if self.is_closing() {
             return Offer::Ended;
         }
@@ -243,9 +250,23 @@ impl ConnShared {
             return Offer::Full;
         }
         self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
-        let _ = self.outbox.send(Outgoing::Message(message, size));
+        self.push(Outgoing::Frame(frame, size));
         stats::bump(&counter::messages_sent);
         Offer::Queued
+    }
+
+    /// Called by the IO task: move up to `max` queued commands into `into`.
+    pub fn take_outgoing(&self, into: &mut VecDeque<Outgoing>, max: usize) {
+        let mut outbox = self.outbox.lock();
+        if outbox.len() <= max && into.is_empty() {
+            std::mem::swap(&mut *outbox, into);
+        } else {
+            let n = outbox.len().min(max);
+            into.extend(outbox.drain(..n));
+        }
+        if outbox.is_empty() && outbox.capacity() > IDLE_QUEUE_CAPACITY {
+            outbox.shrink_to(IDLE_QUEUE_CAPACITY);
+        }
     }
 
     pub fn outbox_over_limit(&self) -> bool {
@@ -265,7 +286,7 @@ impl ConnShared {
         false
     }
 
-    /// Called by the writer task after bytes left for the socket.
+    /// Called by the IO task after bytes left for the socket.
     pub fn written(self: &Arc<Self>, size: usize) {
         let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
         if left <= self.server.config.outbox_limit / 2
@@ -276,23 +297,27 @@ impl ConnShared {
         }
     }
 
-    /// Ask the writer to send a close frame; the connection counts as ended from now on.
+    /// Ask the IO task to send a close frame; the connection counts as ended from now on.
+    /// The IO task drops the socket if the closing handshake takes over `close_timeout`.
     pub fn close(self: &Arc<Self>, code: u16, reason: &str) {
         if self.end(code, reason) {
-            let _ = self.outbox.send(Outgoing::Close(code, reason.to_owned()));
-            self.stop_after(self.server.config.close_timeout);
+            self.push(Outgoing::Close(code, reason.to_owned()));
         }
     }
 
-    /// Drop the socket after `timeout` unless the closing handshake finished before.
-    pub fn stop_after(self: &Arc<Self>, timeout: Duration) {
-        let stop = self.stop.clone();
-        crate::runtime::get().spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(timeout) => stop.cancel(),
-            }
-        });
+    /// Drop the socket now, without a closing handshake.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.io_waker.wake();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Called by the IO task at the start of every poll.
+    pub fn register_io(&self, waker: &std::task::Waker) {
+        self.io_waker.register(waker);
     }
 
     /// Record the end of the connection. Returns true for the one call that ended it.
@@ -372,11 +397,7 @@ pub enum Offer {
     Ended,
 }
 
-pub fn message_size(message: &Message) -> usize {
-    match message {
-        Message::Text(text) => text.len(),
-        Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
-        Message::Close(_) | Message::Frame(_) => 0,
-    }
-    .max(MESSAGE_FLOOR)
+/// Bytes a frame counts for against the outbox limit.
+pub fn frame_size(frame: &OutFrame) -> usize {
+    frame.payload.len().max(MESSAGE_FLOOR)
 }

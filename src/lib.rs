@@ -6,6 +6,7 @@ mod awaitable;
 mod bridge;
 mod config;
 mod connection;
+mod frame;
 mod heartbeat;
 mod http;
 mod registry;

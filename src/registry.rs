@@ -17,9 +17,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::connection::{message_size, ConnShared, Offer};
+use crate::connection::{frame_size, ConnShared, Offer};
+use crate::frame::OutFrame;
 use crate::websocket::{bytes_of, Connection};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ enum Target {
 }
 
 struct Delivery {
-    message: Message,
+    frame: OutFrame,
     size: usize,
     target: Target,
     exclude: Option<u64>,
@@ -104,7 +104,7 @@ impl RegistryInner {
                 if Some(conn.id) == delivery.exclude {
                     return;
                 }
-                match conn.offer(delivery.message.clone(), size) {
+                match conn.offer(delivery.frame.clone(), size) {
                     Offer::Queued => delivered += 1,
                     Offer::Ended => {}
                     Offer::Full => match self.policy {
@@ -190,7 +190,7 @@ impl Registry {
         true
     }
 
-    fn submit(&self, message: Message, target: Target, exclude: Option<&Connection>) {
+    fn submit(&self, frame: OutFrame, target: Target, exclude: Option<&Connection>) {
         if !matches!(target, Target::One(_)) {
             self.inner
                 .counters
@@ -202,11 +202,11 @@ impl Registry {
                 crate::runtime::get().spawn(fan_out(self.weak(), deliveries));
             }
         });
-        let size = message_size(&message);
+        let size = frame_size(&frame);
         self.inner.backlog.fetch_add(size, Ordering::AcqRel);
         // The fan-out task lives as long as the registry.
         let _ = self.queue.send(Delivery {
-            message,
+            frame,
             size,
             target,
             exclude: exclude.map(|c| c.shared().id),
@@ -282,7 +282,7 @@ impl Registry {
 
     #[pyo3(signature = (data, room=None, exclude=None))]
     fn broadcast_text(&self, data: &str, room: Option<String>, exclude: Option<&Connection>) {
-        self.submit(Message::Text(data.into()), Self::target(room), exclude);
+        self.submit(text_frame(data), Self::target(room), exclude);
     }
 
     #[pyo3(signature = (data, room=None, exclude=None))]
@@ -292,15 +292,15 @@ impl Registry {
         room: Option<String>,
         exclude: Option<&Connection>,
     ) -> PyResult<()> {
-        let message = Message::Binary(bytes_of(data)?.into());
-        self.submit(message, Self::target(room), exclude);
+        let frame = OutFrame::binary(bytes_of(data)?);
+        self.submit(frame, Self::target(room), exclude);
         Ok(())
     }
 
     fn send_text_to(&self, conn_id: u64, data: &str) -> bool {
         let known = self.inner.members.lock().by_id.contains_key(&conn_id);
         if known {
-            self.submit(Message::Text(data.into()), Target::One(conn_id), None);
+            self.submit(text_frame(data), Target::One(conn_id), None);
         }
         known
     }
@@ -309,7 +309,7 @@ impl Registry {
         let known = self.inner.members.lock().by_id.contains_key(&conn_id);
         if known {
             self.submit(
-                Message::Binary(bytes_of(data)?.into()),
+                OutFrame::binary(bytes_of(data)?),
                 Target::One(conn_id),
                 None,
             );
@@ -363,4 +363,8 @@ impl Registry {
         dict.set_item("backlog", self.backlog())?;
         Ok(dict)
     }
+}
+
+fn text_frame(data: &str) -> OutFrame {
+    OutFrame::text(bytes::Bytes::copy_from_slice(data.as_bytes()))
 }

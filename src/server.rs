@@ -26,8 +26,6 @@ use pyo3::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Bridge, Event, LOG_INFO, LOG_WARNING};
@@ -61,14 +59,6 @@ impl ServerState {
             .get()
             .ok_or_else(|| PyOSError::new_err("the server has not been started"))?;
         create.bind(py).call0()
-    }
-
-    fn ws_config(&self) -> WebSocketConfig {
-        let max = Some(self.config.ws_max_size);
-        WebSocketConfig::default()
-            .read_buffer_size(ServerConfig::READ_BUFFER_SIZE)
-            .max_message_size(max)
-            .max_frame_size(max)
     }
 }
 
@@ -499,7 +489,7 @@ async fn websocket_handshake(
             .get(header::SEC_WEBSOCKET_KEY)
             .map_or(&b""[..], |k| k.as_bytes()),
     );
-    let (shared, outbox) = ConnShared::new(state.clone());
+    let shared = ConnShared::new(state.clone());
     let (decision_tx, decision_rx) = oneshot::channel();
     let handshake = Handshake {
         route_id,
@@ -534,17 +524,16 @@ async fn websocket_handshake(
             subprotocol,
             headers,
         } => {
-            let config = state.ws_config();
             let connection = shared.clone();
             tokio::spawn(async move {
-                match upgrade.await {
-                    Ok(upgraded) => {
-                        let io = TokioIo::new(upgraded);
-                        let ws =
-                            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                        crate::stream::run(connection, ws, outbox).await;
+                // The socket comes back from hyper as the TCP stream it accepted, with
+                // whatever hyper read past the handshake.
+                match upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+                    Ok(Ok(parts)) => {
+                        let tcp = parts.io.into_inner();
+                        crate::stream::run(connection, tcp, parts.read_buf).await;
                     }
-                    Err(_) => {
+                    _ => {
                         connection.end(1006, "the upgrade failed");
                     }
                 }

@@ -1,273 +1,399 @@
-//! The IO of one accepted WebSocket: a reader and a writer, joined in one tokio task.
+//! The IO of one accepted WebSocket: one future that owns the TCP socket, reads and
+//! writes it, and keeps the heartbeat.
 //!
-//! The reader moves frames into the bounded inbox (and stops reading while it is full, so
-//! TCP pushes back), turns protocol errors into close codes, and records pongs. The writer
-//! drains the outbox, several frames per flush, and keeps the heartbeat. Neither ever takes
-//! the GIL: Python learns about everything through `ConnShared` and the bridge.
+//! Reading goes into a per-thread scratch buffer that the frame decoder consumes, so an
+//! idle socket holds no read buffer; a large payload is read straight into its own
+//! buffer. Messages go to the bounded inbox (reading stops while it is full, so TCP
+//! pushes back). Writing takes up to `BATCH_FRAMES` queued frames and writes them with
+//! one `writev`, headers and shared payloads side by side. Nothing here takes the GIL:
+//! Python learns about everything through `ConnShared` and the bridge.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::bridge::LOG_INFO;
 use crate::connection::{ConnShared, Incoming, Outgoing};
+use crate::frame::{self, Decoder, OutFrame, Received, Violation};
 use crate::heartbeat::{self, Beat, Heartbeat};
-use tokio::time::Instant;
 
-pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
-type Sink = SplitSink<WsStream, Message>;
-
-/// Frames written per flush at most, and bytes: enough to amortise the syscall, small
-/// enough that one busy socket does not hold the writer for long.
-const BATCH_MESSAGES: usize = 64;
+/// Frames written per `writev` at most, and bytes: enough to amortise the syscall, small
+/// enough that one busy socket does not hold the IO thread for long.
+const BATCH_FRAMES: usize = 64;
 const BATCH_BYTES: usize = 256 * 1024;
+/// Size of each IO thread's read buffer, shared by all its sockets.
+const SCRATCH: usize = 64 * 1024;
 
-pub async fn run(shared: Arc<ConnShared>, ws: WsStream, outbox: mpsc::UnboundedReceiver<Outgoing>) {
-    let (sink, stream) = ws.split();
-    let reader_done = CancellationToken::new();
-    tokio::join!(
-        read_loop(shared.clone(), stream, reader_done.clone()),
-        write_loop(shared.clone(), sink, outbox, reader_done),
-    );
-    // Both halves are dropped here: the socket closes.
+thread_local! {
+    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Run the connection until it ends; `read_ahead` is what the HTTP layer read past the
+/// handshake.
+pub async fn run(shared: Arc<ConnShared>, tcp: TcpStream, read_ahead: Bytes) {
+    let mut io = Io::new(shared.clone(), tcp);
+    if !read_ahead.is_empty() {
+        io.decode(&read_ahead);
+    }
+    io.await;
+    // The socket is dropped here; a connection that has not ended yet was lost.
     shared.end(1006, "connection lost");
 }
 
-/// How a read error closes the connection: the code and reason sent to the peer.
-fn error_close(error: &WsError) -> Option<(u16, &'static str)> {
-    match error {
-        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in text message")),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some((1009, "message too big")),
-        WsError::Capacity(_) => Some((1009, "message too big")),
-        // The peer dropped the TCP connection without a close frame: nothing to answer.
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) | WsError::AttackAttempt => Some((1002, "protocol error")),
-        // The socket itself failed or already closed: nothing can be sent.
-        _ => None,
-    }
+enum ReadState {
+    Open,
+    /// The peer sent its close, broke the protocol or went away: nothing more to read.
+    Done,
 }
 
-async fn read_loop(
+struct Io {
     shared: Arc<ConnShared>,
-    mut stream: SplitStream<WsStream>,
-    done: CancellationToken,
-) {
-    let stop = shared.stop.clone();
-    // Made once: a fresh `cancelled()` per message would register with the token each time.
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    loop {
-        while shared.inbox_is_full() {
-            let space = shared.inbox_space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            if !shared.inbox_is_full() {
+    tcp: TcpStream,
+    decoder: Decoder,
+    reading: ReadState,
+    /// Frames taken from the outbox and not yet fully written.
+    batch: VecDeque<Outgoing>,
+    /// Bytes of the batch's first frame already written.
+    written: usize,
+    /// A close frame went out: after it, nothing else is written.
+    close_sent: bool,
+    /// The connection ends once the close frame is written (peer's close answered, or a
+    /// protocol error).
+    finish_after_close: bool,
+    heartbeat: Heartbeat,
+    /// When a closing handshake started: the socket is dropped `close_timeout` later.
+    closing_deadline: Option<Instant>,
+    /// A write has been pending since: bounded by the heartbeat's write deadline.
+    write_blocked: bool,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+}
+
+impl Io {
+    fn new(shared: Arc<ConnShared>, tcp: TcpStream) -> Self {
+        let heartbeat = Heartbeat::new(&shared.server.config);
+        let decoder = Decoder::new(shared.server.config.ws_max_size);
+        Self {
+            shared,
+            tcp,
+            decoder,
+            reading: ReadState::Open,
+            batch: VecDeque::new(),
+            written: 0,
+            close_sent: false,
+            finish_after_close: false,
+            heartbeat,
+            closing_deadline: None,
+            write_blocked: false,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_at: None,
+        }
+    }
+
+    /// Decode bytes read from the socket; a violation closes the connection.
+    fn decode(&mut self, data: &[u8]) {
+        let shared = &self.shared;
+        let mut closed_by_peer = false;
+        let result = self.decoder.feed(data, &mut |received| {
+            handle(shared, received, &mut closed_by_peer)
+        });
+        self.after_decode(result, closed_by_peer);
+    }
+
+    fn after_decode(&mut self, result: Result<(), Violation>, closed_by_peer: bool) {
+        if closed_by_peer {
+            self.reading = ReadState::Done;
+            if self.close_sent {
+                // Our close was answered: the closing handshake is complete.
+                self.shared.stop();
+            } else {
+                self.finish_after_close = true;
+            }
+        }
+        if let Err(violation) = result {
+            let (code, reason) = violation.close();
+            self.shared.server.bridge.log(
+                LOG_INFO,
+                format!(
+                    "closing connection {} with {code}: {reason}",
+                    self.shared.id
+                ),
+            );
+            self.shared.close(code, reason);
+            self.reading = ReadState::Done;
+            self.finish_after_close = true;
+        }
+    }
+
+    /// Read until the socket has nothing more or the inbox is full.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !matches!(self.reading, ReadState::Open) || self.shared.inbox_is_full() {
+                return Poll::Pending;
+            }
+            let missing = self.decoder.direct_missing();
+            let read = if let Some(buffer) = self.decoder.direct_buffer() {
+                let read = read_into(&mut self.tcp, cx, buffer, missing);
+                if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+                    let shared = &self.shared;
+                    let mut closed_by_peer = false;
+                    let result = self
+                        .decoder
+                        .feed_direct(&mut |received| handle(shared, received, &mut closed_by_peer));
+                    self.after_decode(result, closed_by_peer);
+                }
+                read
+            } else {
+                SCRATCH_BUFFER.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let mut buf = ReadBuf::new(&mut scratch[..]);
+                    match Pin::new(&mut self.tcp).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) => {
+                            let n = buf.filled().len();
+                            if n > 0 {
+                                self.decode(&scratch[..n]);
+                            }
+                            Poll::Ready(Ok(n))
+                        }
+                        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+            };
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    // The peer closed TCP: without a close frame, the connection is lost.
+                    self.reading = ReadState::Done;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => {
+                    self.reading = ReadState::Done;
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+
+    /// Write queued frames until the outbox is empty or the socket is full.
+    /// `Ready(())` means the socket failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.batch.is_empty() {
+                if self.close_sent {
+                    return Poll::Pending;
+                }
+                self.shared.take_outgoing(&mut self.batch, BATCH_FRAMES);
+                if self.batch.is_empty() {
+                    self.write_blocked = false;
+                    return Poll::Pending;
+                }
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * BATCH_FRAMES];
+            let mut count = 0;
+            let mut bytes = 0;
+            for (i, command) in self.batch.iter_mut().enumerate() {
+                if count + 2 > slices.len() || bytes >= BATCH_BYTES {
+                    break;
+                }
+                if let Outgoing::Close(code, reason) = command {
+                    *command = Outgoing::Frame(OutFrame::close(*code, reason), 0);
+                }
+                let Outgoing::Frame(frame, _) = &*command else {
+                    unreachable!("closes were turned into frames above")
+                };
+                let (head, payload) = (frame.head(), &frame.payload[..]);
+                let skip = if i == 0 { self.written } else { 0 };
+                if skip < head.len() {
+                    slices[count] = IoSlice::new(&head[skip..]);
+                    slices[count + 1] = IoSlice::new(payload);
+                    count += 2;
+                } else {
+                    slices[count] = IoSlice::new(&payload[skip - head.len()..]);
+                    count += 1;
+                }
+                bytes += frame.wire_len() - skip;
+                if frame.is_close() {
+                    break;
+                }
+            }
+            let n = match Pin::new(&mut self.tcp).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => n,
+            };
+            self.write_blocked = false;
+            self.advance(n);
+        }
+    }
+
+    /// Drop the frames `n` more written bytes completed.
+    fn advance(&mut self, mut n: usize) {
+        let mut freed = 0;
+        while let Some(Outgoing::Frame(frame, size)) = self.batch.front() {
+            let left = frame.wire_len() - self.written;
+            if n < left {
+                self.written += n;
                 break;
             }
-            tokio::select! {
-                _ = space => {}
-                _ = &mut stopped => return done.cancel(),
-            }
-        }
-        let next = tokio::select! {
-            biased;
-            _ = &mut stopped => return done.cancel(),
-            next = stream.next() => next,
-        };
-        match next {
-            Some(Ok(Message::Text(text))) => shared.deliver(Incoming::Text(text)),
-            Some(Ok(Message::Binary(data))) => shared.deliver(Incoming::Binary(data)),
-            Some(Ok(Message::Pong(payload))) => heartbeat::pong(&shared, &payload),
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Close(frame))) => {
-                // tungstenite queued the reply; reading on flushes it and then ends.
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                shared.end(code, &reason);
-            }
-            Some(Err(error)) => {
-                match error_close(&error) {
-                    Some((code, reason)) => {
-                        shared.server.bridge.log(
-                            LOG_INFO,
-                            format!("closing connection {} with {code}: {error}", shared.id),
-                        );
-                        // The writer sends the close frame, then sees `done`.
-                        shared.close(code, reason);
-                    }
-                    None => {
-                        shared.end(1006, "connection lost");
-                        stop.cancel();
-                    }
+            n -= left;
+            self.written = 0;
+            freed += *size;
+            if frame.is_close() {
+                self.close_sent = true;
+                self.batch.clear();
+                if self.finish_after_close {
+                    self.shared.stop();
                 }
-                return done.cancel();
+                break;
             }
-            None => {
-                shared.end(1006, "connection lost");
-                stop.cancel();
-                return done.cancel();
-            }
+            self.batch.pop_front();
+        }
+        if freed > 0 {
+            self.shared.written(freed);
         }
     }
-}
 
-enum Written {
-    Open,
-    CloseSent,
-}
-
-async fn write_loop(
-    shared: Arc<ConnShared>,
-    mut sink: Sink,
-    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
-    reader_done: CancellationToken,
-) {
-    let stop = shared.stop.clone();
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    let mut heartbeat = Heartbeat::new(&shared.server.config);
-    // Two timers made once and moved only when their deadline changes: a new timer per
-    // message would cost a timer-wheel insert and removal each time.
-    let mut check = Timer::new();
-    let mut write_deadline = Timer::new();
-    loop {
-        check.set(heartbeat.next_check());
-        let command = tokio::select! {
-            biased;
-            _ = &mut stopped => return,
-            command = outbox.recv() => match command {
-                Some(command) => command,
-                None => return,
-            },
-            _ = check.wait() => {
-                match heartbeat.check(&shared) {
-                    Beat::Ping(payload) => Outgoing::Message(Message::Ping(payload.into()), 0),
-                    Beat::TimedOut => {
-                        // The close frame's write must not inherit the expired deadline.
-                        heartbeat.disable();
-                        shared.close(1011, "keepalive ping timeout");
-                        continue;
-                    }
-                    Beat::Idle => continue,
+    /// The heartbeat, the write deadline and the closing deadline.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) {
+        // Each round moves a deadline forward; a few rounds always settle.
+        for _ in 0..4 {
+            let mut next = self.heartbeat.next_check();
+            if self.write_blocked {
+                next = earliest(next, self.heartbeat.write_deadline());
+            }
+            next = earliest(next, self.closing_deadline);
+            if next != self.timer_at {
+                self.timer_at = next;
+                if let Some(at) = next {
+                    self.timer.as_mut().reset(at);
                 }
             }
-        };
-        write_deadline.set(heartbeat.write_deadline());
-        let written = tokio::select! {
-            biased;
-            _ = &mut stopped => return,
-            _ = write_deadline.wait() => {
-                shared.end(1011, "keepalive ping timeout");
-                stop.cancel();
+            if self.timer_at.is_none() || self.timer.as_mut().poll(cx).is_pending() {
                 return;
             }
-            written = write_batch(&shared, &mut sink, &mut outbox, command) => written,
-        };
-        match written {
-            Ok(Written::Open) => {}
-            Ok(Written::CloseSent) => {
-                tokio::select! {
-                    _ = &mut stopped => {}
-                    _ = reader_done.cancelled() => {}
+            let now = Instant::now();
+            if self.closing_deadline.is_some_and(|at| now >= at) {
+                self.shared.stop();
+                return;
+            }
+            if self.write_blocked && self.heartbeat.write_deadline().is_some_and(|at| now >= at) {
+                // A write stuck this long: the peer is gone.
+                self.shared.end(1011, "keepalive ping timeout");
+                self.shared.stop();
+                return;
+            }
+            match self.heartbeat.check(&self.shared) {
+                Beat::Ping(payload) => self
+                    .shared
+                    .enqueue_control(OutFrame::new(frame::OP_PING, payload.into())),
+                Beat::TimedOut => {
+                    // The close frame's write must not inherit the expired deadline.
+                    self.heartbeat.disable();
+                    self.shared.close(1011, "keepalive ping timeout");
                 }
-                return;
+                Beat::Idle => {}
             }
-            Err(_) => {
-                shared.end(1006, "connection lost");
-                stop.cancel();
-                return;
-            }
+            // The timer fired: it must be set again (or cleared) before returning.
+            self.timer_at = None;
         }
     }
 }
 
-/// A timer that is moved, not remade, when its deadline changes; `None` never fires.
-struct Timer {
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    deadline: Option<Instant>,
+impl Future for Io {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let io = self.get_mut();
+        io.shared.register_io(cx.waker());
+        loop {
+            if io.shared.is_stopped() {
+                return Poll::Ready(());
+            }
+            if io.poll_read(cx).is_ready() {
+                // The peer went away: answering is no longer possible.
+                if !io.close_sent {
+                    io.shared.end(1006, "connection lost");
+                }
+                return Poll::Ready(());
+            }
+            if io.poll_write(cx).is_ready() {
+                io.shared.end(1006, "connection lost");
+                return Poll::Ready(());
+            }
+            if io.shared.is_closing() && io.closing_deadline.is_none() {
+                io.closing_deadline = Some(Instant::now() + io.shared.server.config.close_timeout);
+                io.heartbeat.disable();
+            }
+            io.poll_timers(cx);
+            // Writing or a timer may have stopped the connection. A frame a timer queued
+            // (a ping, a close) woke this task through the outbox: it is written next poll.
+            if io.shared.is_stopped() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
 }
 
-impl Timer {
-    fn new() -> Self {
-        Self {
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
-            deadline: None,
-        }
-    }
-
-    fn set(&mut self, deadline: Option<Instant>) {
-        if deadline != self.deadline {
-            self.deadline = deadline;
-            if let Some(at) = deadline {
-                self.sleep.as_mut().reset(at);
-            }
-        }
-    }
-
-    async fn wait(&mut self) {
-        match self.deadline {
-            Some(_) => (&mut self.sleep).await,
-            None => std::future::pending().await,
-        }
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 
-/// Write `first` and whatever else is already queued, then flush once.
-async fn write_batch(
-    shared: &Arc<ConnShared>,
-    sink: &mut Sink,
-    outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
-    first: Outgoing,
-) -> Result<Written, WsError> {
-    let mut command = first;
-    let mut messages = 0;
-    let mut bytes = 0;
-    let outcome = loop {
-        match command {
-            Outgoing::Message(message, size) => {
-                sink.feed(message).await?;
-                messages += 1;
-                bytes += size;
-            }
-            Outgoing::Close(code, reason) => {
-                sink.feed(close_message(code, &reason)).await?;
-                break Written::CloseSent;
-            }
+/// Read into the spare capacity of a large payload's own buffer.
+fn read_into(
+    tcp: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buffer: &mut bytes::BytesMut,
+    missing: usize,
+) -> Poll<io::Result<usize>> {
+    // Never past the frame's end: what follows belongs to the next frame.
+    let spare = buffer.spare_capacity_mut();
+    let limit = missing.min(spare.len());
+    let mut buf = ReadBuf::uninit(&mut spare[..limit]);
+    match Pin::new(tcp).poll_read(cx, &mut buf) {
+        Poll::Ready(Ok(())) => {
+            let n = buf.filled().len();
+            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+            unsafe { buffer.set_len(buffer.len() + n) };
+            Poll::Ready(Ok(n))
         }
-        if messages >= BATCH_MESSAGES || bytes >= BATCH_BYTES {
-            break Written::Open;
-        }
-        match outbox.try_recv() {
-            Ok(next) => command = next,
-            Err(_) => break Written::Open,
-        }
-    };
-    sink.flush().await?;
-    if bytes > 0 {
-        shared.written(bytes);
+        other => other.map(|r| r.map(|_| 0)),
     }
-    Ok(outcome)
 }
 
-fn close_message(code: u16, reason: &str) -> Message {
-    // A close reason may hold 123 bytes; cut on a character boundary.
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
+/// What one decoded message or control frame does to the connection.
+fn handle(shared: &Arc<ConnShared>, received: Received, closed_by_peer: &mut bool) {
+    match received {
+        Received::Text(text) => shared.deliver(Incoming::Text(text)),
+        Received::Binary(data) => shared.deliver(Incoming::Binary(data)),
+        Received::Ping(payload) => {
+            if !shared.is_closing() {
+                shared.enqueue_control(OutFrame::new(frame::OP_PONG, payload));
+            }
+        }
+        Received::Pong(payload) => heartbeat::pong(shared, &payload),
+        Received::Close(code, reason) => {
+            *closed_by_peer = true;
+            // Answer with the same code, unless a close of ours is already on its way.
+            shared.close(code, &reason);
+        }
     }
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason[..end].into(),
-    }))
 }

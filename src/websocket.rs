@@ -7,15 +7,16 @@
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
 use crate::connection::{ConnShared, Decision, Handshake};
+use crate::frame::OutFrame;
 
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
@@ -105,9 +106,9 @@ impl Connection {
         Ok(Py::new(py, op)?.into_any())
     }
 
-    fn send(&self, py: Python<'_>, message: Message) -> PyResult<Py<PyAny>> {
+    fn send(&self, py: Python<'_>, frame: OutFrame) -> PyResult<Py<PyAny>> {
         self.require_accepted()?;
-        match self.shared.enqueue(message) {
+        match self.shared.enqueue(frame) {
             Err(info) => Err(disconnect_error(py, &info)),
             Ok(queued) if queued > self.shared.server.config.outbox_limit => {
                 let op = Op::new(self.shared.clone(), OpKind::SendDrain, false);
@@ -239,11 +240,11 @@ impl Connection {
     }
 
     fn send_text(&self, py: Python<'_>, data: &str) -> PyResult<Py<PyAny>> {
-        self.send(py, Message::Text(data.into()))
+        self.send(py, OutFrame::text(Bytes::copy_from_slice(data.as_bytes())))
     }
 
     fn send_bytes(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.send(py, Message::Binary(bytes_of(data)?.into()))
+        self.send(py, OutFrame::binary(bytes_of(data)?))
     }
 
     #[pyo3(signature = (code=1000, reason=None))]
@@ -265,19 +266,20 @@ impl Connection {
 }
 
 /// The bytes of a `bytes`, `bytearray` or `memoryview`, copied once.
-pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(bytes.as_bytes().to_vec());
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
     }
     if let Ok(array) = data.cast::<PyByteArray>() {
-        return Ok(array.to_vec());
+        return Ok(array.to_vec().into());
     }
     if data.hasattr("tobytes")? {
         return Ok(data
             .call_method0("tobytes")?
             .cast::<PyBytes>()?
             .as_bytes()
-            .to_vec());
+            .to_vec()
+            .into());
     }
     Err(PyTypeError::new_err(format!(
         "expected bytes, bytearray or memoryview, got {}",

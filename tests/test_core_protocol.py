@@ -3,9 +3,12 @@
 import pytest
 from core_support import (
     OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_PING,
     OPCODE_TEXT,
     RawWebSocket,
     close_code_after_recv,
+    encode_frame,
     handshake_headers,
     raw_handshake,
     recv,
@@ -57,6 +60,75 @@ async def test_unmasked_client_frame_closes_with_1002(core_server):
     raw = await RawWebSocket.open(core_server.port, "/echo")
     try:
         await raw.send_frame(OPCODE_TEXT, b"unmasked", masked=False)
+        assert (await raw.close_frame()).close_code == 1002
+    finally:
+        await raw.aclose()
+
+
+OPCODE_CONTINUATION = 0x0
+OPCODE_PONG = 0xA
+
+
+async def test_fragmented_message_with_a_ping_in_between(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        raw.writer.write(encode_frame(OPCODE_TEXT, "frag".encode(), fin=False))
+        raw.writer.write(encode_frame(OPCODE_PING, b"are you there"))
+        raw.writer.write(encode_frame(OPCODE_CONTINUATION, "mé".encode(), fin=False))
+        raw.writer.write(encode_frame(OPCODE_CONTINUATION, "nted".encode()))
+        await raw.writer.drain()
+        pong = await raw.read_frame()
+        assert (pong.opcode, pong.payload) == (OPCODE_PONG, b"are you there")
+        echo = await raw.read_frame()
+        assert (echo.opcode, echo.payload) == (OPCODE_TEXT, "fragménted".encode())
+    finally:
+        await raw.aclose()
+
+
+async def test_frames_trickling_in_one_byte_at_a_time(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        wire = encode_frame(OPCODE_TEXT, b"a" * 300) + encode_frame(OPCODE_TEXT, b"b" * 5000)
+        for index in range(len(wire)):
+            raw.writer.write(wire[index : index + 1])
+            if index % 97 == 0:
+                await raw.writer.drain()
+        await raw.writer.drain()
+        assert (await raw.read_frame()).payload == b"a" * 300
+        assert (await raw.read_frame()).payload == b"b" * 5000
+    finally:
+        await raw.aclose()
+
+
+async def test_client_close_is_answered_with_its_code(core_server):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        await raw.send_frame(OPCODE_CLOSE, (4000).to_bytes(2, "big") + b"bye")
+        assert (await raw.close_frame()).close_code == 4000
+        assert await raw.reader.read() == b""  # then the server closes TCP
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([(OPCODE_CONTINUATION, b"orphan", True)], id="continuation-first"),
+        pytest.param(
+            [(OPCODE_TEXT, b"a", False), (OPCODE_TEXT, b"b", True)], id="new-message-mid-fragment"
+        ),
+        pytest.param([(OPCODE_PING, b"x", False)], id="fragmented-ping"),
+        pytest.param([(OPCODE_PING, b"x" * 126, True)], id="long-ping"),
+        pytest.param([(OPCODE_CLOSE, (1005).to_bytes(2, "big"), True)], id="reserved-close-code"),
+        pytest.param([(OPCODE_CLOSE, b"\x03", True)], id="one-byte-close"),
+    ],
+)
+async def test_framing_violations_close_with_1002(core_server, frames):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        for opcode, payload, fin in frames:
+            raw.writer.write(encode_frame(opcode, payload, fin=fin))
+        await raw.writer.drain()
         assert (await raw.close_frame()).close_code == 1002
     finally:
         await raw.aclose()
