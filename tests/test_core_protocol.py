@@ -72,10 +72,10 @@ OPCODE_PONG = 0xA
 async def test_fragmented_message_with_a_ping_in_between(core_server):
     raw = await RawWebSocket.open(core_server.port, "/echo")
     try:
-        raw.writer.write(encode_frame(OPCODE_TEXT, "frag".encode(), fin=False))
+        raw.writer.write(encode_frame(OPCODE_TEXT, b"frag", fin=False))
         raw.writer.write(encode_frame(OPCODE_PING, b"are you there"))
         raw.writer.write(encode_frame(OPCODE_CONTINUATION, "mé".encode(), fin=False))
-        raw.writer.write(encode_frame(OPCODE_CONTINUATION, "nted".encode()))
+        raw.writer.write(encode_frame(OPCODE_CONTINUATION, b"nted"))
         await raw.writer.drain()
         pong = await raw.read_frame()
         assert (pong.opcode, pong.payload) == (OPCODE_PONG, b"are you there")
