@@ -44,6 +44,8 @@ pub async fn run(shared: Arc<ConnShared>, tcp: TcpStream, read_ahead: Bytes) {
     if !read_ahead.is_empty() {
         io.decode(&read_ahead);
     }
+    // It may be a view of hyper's whole read buffer: let that go before the socket idles.
+    drop(read_ahead);
     io.await;
     // The socket is dropped here; a connection that has not ended yet was lost.
     shared.end(1006, "connection lost");

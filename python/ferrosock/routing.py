@@ -98,6 +98,14 @@ class WebSocketRoute:
         self.plan = builder.build(
             endpoint, dependencies=self.dependencies, connection_first=connection_first
         )
+        # An endpoint that takes only the socket (the common case) is called directly:
+        # no solving state stays alive beside each connection's handler.
+        plan = self.plan
+        self._socket_only = (
+            plan.connection_names[0]
+            if not plan.dependencies and not plan.values and len(plan.connection_names) == 1
+            else None
+        )
 
     @property
     def methods(self) -> list[str]:
@@ -115,7 +123,10 @@ class WebSocketRoute:
     async def handle(self, websocket: Any) -> None:
         outcome: BaseException | None = None
         try:
-            await self._run(websocket)
+            if self._socket_only is not None:
+                await self.endpoint(**{self._socket_only: websocket})
+            else:
+                await self._run(websocket)
         except WebSocketException:
             raise  # a deliberate refusal or close, not a failure
         except Exception as exc:
