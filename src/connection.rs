@@ -7,6 +7,7 @@
 //! awaitables, both on the loop thread.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use tokio::net::TcpStream;
 
 use crate::bridge::{Event, LOG_DEBUG};
 use crate::frame::{OutFrame, Text};
@@ -86,6 +88,20 @@ pub enum Received {
     Empty,
 }
 
+/// Frames waiting for the socket, and who may write it.
+///
+/// A frame is written straight to the socket by whoever queues it (the loop thread, the
+/// fan-out task) when nothing is queued and the IO task holds no batch: no IO thread
+/// wake-up for the common case of one reply to one message. Otherwise it is queued, and
+/// the IO task writes it in order. The lock makes the two exclusive.
+struct Outbox {
+    queue: VecDeque<Outgoing>,
+    /// The IO task holds frames taken from `queue` that are not fully written.
+    io_writing: bool,
+    /// The socket, while the IO task runs; `None` before and after.
+    tcp: Option<Arc<TcpStream>>,
+}
+
 struct Inbox {
     queue: VecDeque<Incoming>,
     /// Bytes of the queued messages (each counted as at least `MESSAGE_FLOOR`).
@@ -106,7 +122,7 @@ pub struct ConnShared {
     pub id: u64,
     pub server: Arc<ServerState>,
     inbox: Mutex<Inbox>,
-    outbox: Mutex<VecDeque<Outgoing>>,
+    outbox: Mutex<Outbox>,
     outbox_bytes: AtomicUsize,
     /// Wakes the connection's IO task: something to write, room in the inbox, or stop.
     io_waker: AtomicWaker,
@@ -138,7 +154,11 @@ impl ConnShared {
                 ended: false,
                 receiver_waiting: false,
             }),
-            outbox: Mutex::new(VecDeque::new()),
+            outbox: Mutex::new(Outbox {
+                queue: VecDeque::new(),
+                io_writing: false,
+                tcp: None,
+            }),
             outbox_bytes: AtomicUsize::new(0),
             io_waker: AtomicWaker::new(),
             sender_waiting: AtomicBool::new(false),
@@ -216,27 +236,48 @@ impl ConnShared {
     // ---- outbox: Python and registries → the IO task ----
 
     fn push(&self, command: Outgoing) {
-        self.outbox.lock().push_back(command);
+        self.outbox.lock().queue.push_back(command);
         self.io_waker.wake();
     }
 
-    /// Queue a frame whatever the outbox holds; returns the bytes now queued.
+    /// Write `frame` now if the socket is free and takes all of it; otherwise queue what
+    /// is left for the IO task. Returns the bytes now queued.
+    fn send_frame(&self, mut frame: OutFrame) -> usize {
+        let mut outbox = self.outbox.lock();
+        if outbox.queue.is_empty() && !outbox.io_writing {
+            if let Some(tcp) = &outbox.tcp {
+                let parts = [IoSlice::new(frame.head()), IoSlice::new(&frame.payload)];
+                match tcp.try_write_vectored(&parts) {
+                    Ok(n) if n == frame.wire_len() => {
+                        return self.outbox_bytes.load(Ordering::Acquire);
+                    }
+                    Ok(n) => frame = frame.after(n),
+                    // Full, or failed: the IO task waits for room or finds the error.
+                    Err(_) => {}
+                }
+            }
+        }
+        let size = frame_size(&frame);
+        // Counted before the IO task can see it, so that its `written` never runs first.
+        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        outbox.queue.push_back(Outgoing::Frame(frame, size));
+        drop(outbox);
+        self.io_waker.wake();
+        queued
+    }
+
+    /// Send a frame whatever the outbox holds; returns the bytes now queued.
     pub fn enqueue(&self, frame: OutFrame) -> Result<usize, CloseInfo> {
         if self.is_ended() {
             return Err(self.close_info().unwrap_or_else(lost));
         }
-        let size = frame_size(&frame);
-        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        self.push(Outgoing::Frame(frame, size));
         stats::bump(&counter::messages_sent);
-        Ok(queued)
+        Ok(self.send_frame(frame))
     }
 
-    /// Queue a control frame of the IO task's own (pong, ping): counted, never refused.
+    /// Send a control frame of the IO task's own (pong, ping): never refused.
     pub fn enqueue_control(&self, frame: OutFrame) {
-        let size = frame_size(&frame);
-        self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
-        self.push(Outgoing::Frame(frame, size));
+        self.send_frame(frame);
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this).
@@ -249,24 +290,31 @@ impl ConnShared {
         if queued + size > limit && queued > 0 {
             return Offer::Full;
         }
-        self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
-        self.push(Outgoing::Frame(frame, size));
+        self.send_frame(frame);
         stats::bump(&counter::messages_sent);
         Offer::Queued
     }
 
-    /// Called by the IO task: move up to `max` queued commands into `into`.
+    /// Called by the IO task once its batch is written: move up to `max` queued commands
+    /// into the empty `into`. While it holds some, nobody else writes the socket.
     pub fn take_outgoing(&self, into: &mut VecDeque<Outgoing>, max: usize) {
         let mut outbox = self.outbox.lock();
-        if outbox.len() <= max && into.is_empty() {
-            std::mem::swap(&mut *outbox, into);
+        let queue = &mut outbox.queue;
+        if queue.len() <= max {
+            std::mem::swap(queue, into);
         } else {
-            let n = outbox.len().min(max);
-            into.extend(outbox.drain(..n));
+            into.extend(queue.drain(..max));
         }
-        if outbox.is_empty() && outbox.capacity() > IDLE_QUEUE_CAPACITY {
-            outbox.shrink_to(IDLE_QUEUE_CAPACITY);
+        if queue.is_empty() && queue.capacity() > IDLE_QUEUE_CAPACITY {
+            queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
+        outbox.io_writing = !into.is_empty();
+    }
+
+    /// Called by the IO task as it starts (`Some`) and ends (`None`): only while it runs
+    /// may others write the socket.
+    pub fn attach_socket(&self, tcp: Option<Arc<TcpStream>>) {
+        self.outbox.lock().tcp = tcp;
     }
 
     pub fn outbox_over_limit(&self) -> bool {

@@ -403,6 +403,25 @@ impl OutFrame {
         Self::new(OP_CLOSE, payload.into())
     }
 
+    /// What is left to write after the first `n` bytes went out, as a headerless frame.
+    pub fn after(&self, n: usize) -> Self {
+        let head = self.head();
+        let rest = if n < head.len() {
+            let mut rest = Vec::with_capacity(self.wire_len() - n);
+            rest.extend_from_slice(&head[n..]);
+            rest.extend_from_slice(&self.payload);
+            Bytes::from(rest)
+        } else {
+            self.payload.slice(n - head.len()..)
+        };
+        Self {
+            // Keep the opcode for `is_close`; a zero header length writes no header.
+            head: self.head,
+            head_len: 0,
+            payload: rest,
+        }
+    }
+
     pub fn head(&self) -> &[u8] {
         &self.head[..self.head_len as usize]
     }

@@ -16,8 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{BufMut, Bytes};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -40,6 +39,8 @@ thread_local! {
 /// Run the connection until it ends; `read_ahead` is what the HTTP layer read past the
 /// handshake.
 pub async fn run(shared: Arc<ConnShared>, tcp: TcpStream, read_ahead: Bytes) {
+    let tcp = Arc::new(tcp);
+    shared.attach_socket(Some(tcp.clone()));
     let mut io = Io::new(shared.clone(), tcp);
     if !read_ahead.is_empty() {
         io.decode(&read_ahead);
@@ -48,6 +49,7 @@ pub async fn run(shared: Arc<ConnShared>, tcp: TcpStream, read_ahead: Bytes) {
     drop(read_ahead);
     io.await;
     // The socket is dropped here; a connection that has not ended yet was lost.
+    shared.attach_socket(None);
     shared.end(1006, "connection lost");
 }
 
@@ -59,7 +61,7 @@ enum ReadState {
 
 struct Io {
     shared: Arc<ConnShared>,
-    tcp: TcpStream,
+    tcp: Arc<TcpStream>,
     decoder: Decoder,
     reading: ReadState,
     /// Frames taken from the outbox and not yet fully written.
@@ -81,7 +83,7 @@ struct Io {
 }
 
 impl Io {
-    fn new(shared: Arc<ConnShared>, tcp: TcpStream) -> Self {
+    fn new(shared: Arc<ConnShared>, tcp: Arc<TcpStream>) -> Self {
         let heartbeat = Heartbeat::new(&shared.server.config);
         let decoder = Decoder::new(shared.server.config.ws_max_size);
         Self {
@@ -142,10 +144,19 @@ impl Io {
             if !matches!(self.reading, ReadState::Open) || self.shared.inbox_is_full() {
                 return Poll::Pending;
             }
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => {
+                    self.reading = ReadState::Done;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
             let missing = self.decoder.direct_missing();
             let read = if let Some(buffer) = self.decoder.direct_buffer() {
-                let read = read_into(&mut self.tcp, cx, buffer, missing);
-                if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+                // Never past the frame's end: what follows belongs to the next frame.
+                let read = self.tcp.try_read_buf(&mut (&mut *buffer).limit(missing));
+                if matches!(read, Ok(n) if n > 0) {
                     let shared = &self.shared;
                     let mut closed_by_peer = false;
                     let result = self
@@ -157,32 +168,22 @@ impl Io {
             } else {
                 SCRATCH_BUFFER.with(|scratch| {
                     let mut scratch = scratch.borrow_mut();
-                    let mut buf = ReadBuf::new(&mut scratch[..]);
-                    match Pin::new(&mut self.tcp).poll_read(cx, &mut buf) {
-                        Poll::Ready(Ok(())) => {
-                            let n = buf.filled().len();
-                            if n > 0 {
-                                self.decode(&scratch[..n]);
-                            }
-                            Poll::Ready(Ok(n))
-                        }
-                        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                        Poll::Pending => Poll::Pending,
+                    let read = self.tcp.try_read(&mut scratch[..]);
+                    if let Ok(n) = read {
+                        self.decode(&scratch[..n]);
                     }
+                    read
                 })
             };
             match read {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    // The peer closed TCP: without a close frame, the connection is lost.
+                // The readiness was stale; polling it again registers for the next.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(0) | Err(_) => {
+                    // The peer closed TCP or the socket failed.
                     self.reading = ReadState::Done;
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(_)) => {
-                    self.reading = ReadState::Done;
-                    return Poll::Ready(());
-                }
+                Ok(_) => {}
             }
         }
     }
@@ -229,13 +230,19 @@ impl Io {
                     break;
                 }
             }
-            let n = match Pin::new(&mut self.tcp).poll_write_vectored(cx, &slices[..count]) {
+            match self.tcp.poll_write_ready(cx) {
                 Poll::Pending => {
                     self.write_blocked = true;
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = match self.tcp.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Poll::Ready(()),
             };
             self.write_blocked = false;
             self.advance(n);
@@ -356,28 +363,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
-    }
-}
-
-/// Read into the spare capacity of a large payload's own buffer.
-fn read_into(
-    tcp: &mut TcpStream,
-    cx: &mut Context<'_>,
-    buffer: &mut bytes::BytesMut,
-    missing: usize,
-) -> Poll<io::Result<usize>> {
-    // Never past the frame's end: what follows belongs to the next frame.
-    let spare = buffer.spare_capacity_mut();
-    let limit = missing.min(spare.len());
-    let mut buf = ReadBuf::uninit(&mut spare[..limit]);
-    match Pin::new(tcp).poll_read(cx, &mut buf) {
-        Poll::Ready(Ok(())) => {
-            let n = buf.filled().len();
-            // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-            unsafe { buffer.set_len(buffer.len() + n) };
-            Poll::Ready(Ok(n))
-        }
-        other => other.map(|r| r.map(|_| 0)),
     }
 }
 
