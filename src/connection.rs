@@ -90,10 +90,10 @@ pub enum Received {
 
 /// Frames waiting for the socket, and who may write it.
 ///
-/// A frame is written straight to the socket by whoever queues it (the loop thread, the
-/// fan-out task) when nothing is queued and the IO task holds no batch: no IO thread
-/// wake-up for the common case of one reply to one message. Otherwise it is queued, and
-/// the IO task writes it in order. The lock makes the two exclusive.
+/// Frames sent by handlers are written by the loop thread itself, one `writev` per socket
+/// after the ready handlers have run, when the IO task holds no batch: a reply to a
+/// message wakes no IO thread. Everything else (and what the loop could not write) is
+/// written by the IO task, in order. The lock makes the two writers exclusive.
 struct Outbox {
     queue: VecDeque<Outgoing>,
     /// The IO task holds frames taken from `queue` that are not fully written.
@@ -126,6 +126,8 @@ pub struct ConnShared {
     outbox_bytes: AtomicUsize,
     /// Wakes the connection's IO task: something to write, room in the inbox, or stop.
     io_waker: AtomicWaker,
+    /// On the server's list of sockets to flush from the loop thread.
+    flush_listed: AtomicBool,
     sender_waiting: AtomicBool,
     /// How the connection ended; set once, by the first `end`.
     closed: OnceLock<CloseInfo>,
@@ -161,6 +163,7 @@ impl ConnShared {
             }),
             outbox_bytes: AtomicUsize::new(0),
             io_waker: AtomicWaker::new(),
+            flush_listed: AtomicBool::new(false),
             sender_waiting: AtomicBool::new(false),
             closed: OnceLock::new(),
             ended: AtomicBool::new(false),
@@ -240,44 +243,58 @@ impl ConnShared {
         self.io_waker.wake();
     }
 
-    /// Write `frame` now if the socket is free and takes all of it; otherwise queue what
-    /// is left for the IO task. Returns the bytes now queued.
-    fn send_frame(&self, mut frame: OutFrame) -> usize {
-        let mut outbox = self.outbox.lock();
-        if outbox.queue.is_empty() && !outbox.io_writing {
-            if let Some(tcp) = &outbox.tcp {
-                let parts = [IoSlice::new(frame.head()), IoSlice::new(&frame.payload)];
-                match tcp.try_write_vectored(&parts) {
-                    Ok(n) if n == frame.wire_len() => {
-                        return self.outbox_bytes.load(Ordering::Acquire);
-                    }
-                    Ok(n) => frame = frame.after(n),
-                    // Full, or failed: the IO task waits for room or finds the error.
-                    Err(_) => {}
-                }
-            }
-        }
+    /// Queue a frame for the IO task and wake it.
+    fn queue(&self, frame: OutFrame) -> usize {
         let size = frame_size(&frame);
         // Counted before the IO task can see it, so that its `written` never runs first.
         let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        outbox.queue.push_back(Outgoing::Frame(frame, size));
-        drop(outbox);
-        self.io_waker.wake();
+        self.push(Outgoing::Frame(frame, size));
         queued
     }
 
-    /// Send a frame whatever the outbox holds; returns the bytes now queued.
+    /// Queue a frame sent on the loop thread, without waking the IO task: the caller has
+    /// the server flush it (`flush_from_loop`) once the ready handlers have run. Returns
+    /// the bytes now queued.
     pub fn enqueue(&self, frame: OutFrame) -> Result<usize, CloseInfo> {
         if self.is_ended() {
             return Err(self.close_info().unwrap_or_else(lost));
         }
         stats::bump(&counter::messages_sent);
-        Ok(self.send_frame(frame))
+        let size = frame_size(&frame);
+        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        self.outbox.lock().queue.push_back(Outgoing::Frame(frame, size));
+        Ok(queued)
+    }
+
+    /// Whether this socket still has to be put on the server's flush list.
+    pub fn needs_flush(&self) -> bool {
+        !self.flush_listed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Called on the loop thread: write what is queued with one `writev`, unless the IO
+    /// task holds a batch; what does not fit is left to the IO task.
+    pub fn flush_from_loop(self: &Arc<Self>) {
+        self.flush_listed.store(false, Ordering::Release);
+        let mut outbox = self.outbox.lock();
+        let mut freed = 0;
+        if !outbox.io_writing {
+            if let Some(tcp) = outbox.tcp.clone() {
+                freed = write_front(&tcp, &mut outbox.queue);
+            }
+        }
+        let rest = !outbox.queue.is_empty();
+        drop(outbox);
+        if freed > 0 {
+            self.written(freed);
+        }
+        if rest {
+            self.io_waker.wake();
+        }
     }
 
     /// Send a control frame of the IO task's own (pong, ping): never refused.
     pub fn enqueue_control(&self, frame: OutFrame) {
-        self.send_frame(frame);
+        self.queue(frame);
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this).
@@ -290,7 +307,7 @@ impl ConnShared {
         if queued + size > limit && queued > 0 {
             return Offer::Full;
         }
-        self.send_frame(frame);
+        self.queue(frame);
         stats::bump(&counter::messages_sent);
         Offer::Queued
     }
@@ -448,4 +465,42 @@ pub enum Offer {
 /// Bytes a frame counts for against the outbox limit.
 pub fn frame_size(frame: &OutFrame) -> usize {
     frame.payload.len().max(MESSAGE_FLOOR)
+}
+
+/// Write the frames at the front of `queue` with one `writev` (stopping at a close, which
+/// the IO task sends), drop those written and trim a partly written one. Returns the
+/// outbox bytes freed.
+fn write_front(tcp: &TcpStream, queue: &mut VecDeque<Outgoing>) -> usize {
+    const MAX_FRAMES: usize = 64;
+    let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+    let mut count = 0;
+    for command in queue.iter().take(MAX_FRAMES) {
+        let Outgoing::Frame(frame, _) = command else {
+            break;
+        };
+        slices[count] = IoSlice::new(frame.head());
+        slices[count + 1] = IoSlice::new(&frame.payload);
+        count += 2;
+    }
+    if count == 0 {
+        return 0;
+    }
+    let Ok(mut n) = tcp.try_write_vectored(&slices[..count]) else {
+        // Full, or failed: the IO task waits for room or finds the error.
+        return 0;
+    };
+    let mut freed = 0;
+    while let Some(Outgoing::Frame(frame, size)) = queue.front_mut() {
+        let len = frame.wire_len();
+        if n < len {
+            if n > 0 {
+                *frame = frame.after(n);
+            }
+            break;
+        }
+        n -= len;
+        freed += *size;
+        queue.pop_front();
+    }
+    freed
 }

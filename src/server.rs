@@ -44,6 +44,10 @@ pub struct ServerState {
     pub bridge: Bridge,
     routes: Routes,
     create_future: OnceLock<Py<PyAny>>,
+    /// `loop.call_soon` and this server's `flush`, to schedule a flush of sends.
+    schedule_flush: OnceLock<(Py<PyAny>, Py<PyAny>)>,
+    /// Sockets with frames sent from the loop thread since the last flush.
+    to_flush: Mutex<Vec<Arc<ConnShared>>>,
     live: Mutex<HashMap<u64, Arc<ConnShared>>>,
     shutdown: CancellationToken,
 }
@@ -51,6 +55,23 @@ pub struct ServerState {
 impl ServerState {
     pub fn forget(&self, id: u64) {
         self.live.lock().remove(&id);
+    }
+
+    /// A send on the loop thread queued a frame on `conn`: flush it from the loop thread
+    /// once the ready handlers have run, so that their sends share one `writev` per socket
+    /// and no IO thread is woken for them.
+    pub fn want_flush(&self, py: Python<'_>, conn: &Arc<ConnShared>) -> PyResult<()> {
+        let first = {
+            let mut to_flush = self.to_flush.lock();
+            to_flush.push(conn.clone());
+            to_flush.len() == 1
+        };
+        if first {
+            if let Some((call_soon, flush)) = self.schedule_flush.get() {
+                call_soon.call1(py, (flush,))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -126,6 +147,8 @@ impl Server {
             bridge: Bridge::new()?,
             routes,
             create_future: OnceLock::new(),
+            schedule_flush: OnceLock::new(),
+            to_flush: Mutex::new(Vec::new()),
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         };
@@ -140,26 +163,28 @@ impl Server {
         })
     }
 
-    fn start(&self, py: Python<'_>, create_future: Py<PyAny>) -> PyResult<()> {
-        if self.state.create_future.set(create_future).is_err() {
+    /// Start listening; `create_future` and `call_soon` are the event loop's.
+    fn start(
+        slf: &Bound<'_, Self>,
+        create_future: Py<PyAny>,
+        call_soon: Py<PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.create_future.set(create_future).is_err() {
             return Err(PyOSError::new_err("the server was already started"));
         }
-        let listener = bind(&self.state.config)?;
-        self.port
-            .store(listener.local_addr()?.port(), Ordering::Relaxed);
-        let runtime = crate::runtime::init(self.io_threads);
-        let state = self.state.clone();
-        py.detach(|| {
-            runtime.spawn(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, state).await,
-                    Err(error) => state
-                        .bridge
-                        .log(LOG_WARNING, format!("cannot listen: {error}")),
-                }
-            })
-        });
-        Ok(())
+        let flush = slf.getattr("flush")?.unbind();
+        let _ = this.state.schedule_flush.set((call_soon, flush));
+        this.listen(py)
+    }
+
+    /// Write what handlers sent since the last flush (scheduled by the engine).
+    fn flush(&self) {
+        let to_flush = std::mem::take(&mut *self.state.to_flush.lock());
+        for conn in to_flush {
+            conn.flush_from_loop();
+        }
     }
 
     #[getter]
@@ -201,6 +226,25 @@ impl Server {
 }
 
 impl Server {
+    fn listen(&self, py: Python<'_>) -> PyResult<()> {
+        let listener = bind(&self.state.config)?;
+        self.port
+            .store(listener.local_addr()?.port(), Ordering::Relaxed);
+        let runtime = crate::runtime::init(self.io_threads);
+        let state = self.state.clone();
+        py.detach(|| {
+            runtime.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, state).await,
+                    Err(error) => state
+                        .bridge
+                        .log(LOG_WARNING, format!("cannot listen: {error}")),
+                }
+            })
+        });
+        Ok(())
+    }
+
     fn run(&self, py: Python<'_>, event: Event) -> PyResult<()> {
         match event {
             Event::WakeReceive(conn) => resolve(py, conn.waiters.lock().receive.take()),

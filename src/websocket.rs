@@ -108,7 +108,11 @@ impl Connection {
 
     fn send(&self, py: Python<'_>, frame: OutFrame) -> PyResult<Py<PyAny>> {
         self.require_accepted()?;
-        match self.shared.enqueue(frame) {
+        let queued = self.shared.enqueue(frame);
+        if queued.is_ok() && self.shared.needs_flush() {
+            self.shared.server.want_flush(py, &self.shared)?;
+        }
+        match queued {
             Err(info) => Err(disconnect_error(py, &info)),
             Ok(queued) if queued > self.shared.server.config.outbox_limit => {
                 let op = Op::new(self.shared.clone(), OpKind::SendDrain, false);

@@ -43,14 +43,20 @@ class Server:
         ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
         the event-loop thread (from ``drain``) with the route id and the new object;
         ``on_log`` with a ``logging`` level and a message the IO threads produced."""
-    def start(self, create_future: Callable[[], Any]) -> None:
-        """Bind and start serving. ``create_future`` is the running loop's
-        ``create_future``; it is called only when an awaitable must park."""
+    def start(
+        self, create_future: Callable[[], Any], call_soon: Callable[..., Any]
+    ) -> None:
+        """Bind and start serving. ``create_future`` and ``call_soon`` are the running
+        loop's: the first is called only when an awaitable must park, the second schedules
+        ``flush`` once per round of sends."""
     @property
     def port(self) -> int: ...
     @property
     def ready_fd(self) -> int:
         """The eventfd the loop watches with ``add_reader(ready_fd, drain)``."""
+    def flush(self) -> None:
+        """Write what handlers sent since the last flush, one ``writev`` per socket.
+        Scheduled by the engine on the loop thread; nothing else needs to call it."""
     def drain(self) -> None:
         """Run every ready event: new connections and requests, wake-ups of parked awaitables,
         log lines. Call on the loop thread only."""

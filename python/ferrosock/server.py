@@ -76,7 +76,7 @@ class Server:
         engine = _engine.Server(
             table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
         )
-        engine.start(loop.create_future)
+        engine.start(loop.create_future, loop.call_soon)
         loop.add_reader(engine.ready_fd, engine.drain)
         self.port = engine.port
         return engine
