@@ -262,7 +262,10 @@ impl ConnShared {
         stats::bump(&counter::messages_sent);
         let size = frame_size(&frame);
         let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        self.outbox.lock().queue.push_back(Outgoing::Frame(frame, size));
+        self.outbox
+            .lock()
+            .queue
+            .push_back(Outgoing::Frame(frame, size));
         Ok(queued)
     }
 
