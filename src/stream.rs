@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -172,14 +171,6 @@ impl Io {
                     let read = self.tcp.try_read(&mut scratch[..]);
                     if let Ok(n) = read {
                         self.decode(&scratch[..n]);
-                        if n > 0 && n < scratch.len() {
-                            // A short read emptied the socket: forget the readiness now
-                            // rather than learn it from one more read that fails (as
-                            // tokio's own `poll_read` does). New data raises it again.
-                            let _ = self.tcp.try_io(Interest::READABLE, || {
-                                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                            });
-                        }
                     }
                     read
                 })

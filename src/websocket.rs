@@ -11,12 +11,17 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 use tokio::sync::oneshot;
 
 use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
 use crate::connection::{ConnShared, Decision, Handshake};
 use crate::frame::OutFrame;
+
+/// Text at least this long is sent from the Python string's own UTF-8 buffer instead of
+/// a copy; below it, copying is cheaper than keeping the string.
+const BORROW_AT: usize = 4096;
 
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
@@ -243,8 +248,15 @@ impl Connection {
         self.receive_op(py, OpKind::ReceiveBytes)
     }
 
-    fn send_text(&self, py: Python<'_>, data: &str) -> PyResult<Py<PyAny>> {
-        self.send(py, OutFrame::text(Bytes::copy_from_slice(data.as_bytes())))
+    fn send_text(&self, py: Python<'_>, data: &Bound<'_, PyString>) -> PyResult<Py<PyAny>> {
+        let text = data.extract::<PyBackedStr>()?;
+        let payload = if text.len() >= BORROW_AT {
+            // The frame keeps the (immutable) Python string alive and writes from it.
+            Bytes::from_owner(text)
+        } else {
+            Bytes::copy_from_slice(text.as_bytes())
+        };
+        self.send(py, OutFrame::text(payload))
     }
 
     fn send_bytes(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
