@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -168,7 +171,7 @@ impl Io {
             } else {
                 SCRATCH_BUFFER.with(|scratch| {
                     let mut scratch = scratch.borrow_mut();
-                    let read = self.tcp.try_read(&mut scratch[..]);
+                    let read = read_drained(&self.tcp, &mut scratch);
                     if let Ok(n) = read {
                         self.decode(&scratch[..n]);
                     }
@@ -363,6 +366,31 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
+    }
+}
+
+/// Read into `buf`. A short read means the socket is drained: its read readiness is
+/// cleared right away, as tokio's own `poll_read` does, instead of being learned from one
+/// more `recv` that fails. `try_io` clears only the readiness it saw before the read, so
+/// data that arrives meanwhile is not missed.
+fn read_drained(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = tcp.as_raw_fd();
+    let mut got = 0;
+    let result = tcp.try_io(Interest::READABLE, || {
+        // SAFETY: `buf` is valid for `buf.len()` bytes and `fd` is this stream's socket.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        got = n as usize;
+        if got > 0 && got < buf.len() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match result {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
