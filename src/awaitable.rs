@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use crate::connection::{CloseInfo, ConnShared, Incoming, Received};
+use crate::frame::Text;
 use crate::stats::{self, counter};
 
 /// A connection that always finds its operation ready yields to the loop once every this
@@ -163,9 +165,7 @@ fn stop_iteration(value: Py<PyAny>) -> PyErr {
 
 fn convert(py: Python<'_>, kind: OpKind, message: Incoming) -> PyResult<Py<PyAny>> {
     Ok(match (kind, message) {
-        (OpKind::ReceiveText, Incoming::Text(text)) => {
-            PyString::new(py, text.as_str()).into_any().unbind()
-        }
+        (OpKind::ReceiveText, Incoming::Text(text)) => python_str(py, &text)?,
         (OpKind::ReceiveBytes, Incoming::Binary(data)) => {
             PyBytes::new(py, &data).into_any().unbind()
         }
@@ -173,7 +173,9 @@ fn convert(py: Python<'_>, kind: OpKind, message: Incoming) -> PyResult<Py<PyAny
             let dict = PyDict::new(py);
             dict.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
             match message {
-                Incoming::Text(text) => dict.set_item(intern!(py, "text"), text.as_str())?,
+                Incoming::Text(text) => {
+                    dict.set_item(intern!(py, "text"), python_str(py, &text)?)?
+                }
                 Incoming::Binary(data) => {
                     dict.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?
                 }
@@ -194,6 +196,26 @@ fn convert(py: Python<'_>, kind: OpKind, message: Incoming) -> PyResult<Py<PyAny
         }
         _ => unreachable!("convert is only called for receive operations"),
     })
+}
+
+/// A Python `str` of a received text. ASCII text is copied straight into a new compact
+/// string: it was checked already, so CPython need not decode it again.
+fn python_str(py: Python<'_>, text: &Text) -> PyResult<Py<PyAny>> {
+    if !text.is_ascii() {
+        return Ok(PyString::new(py, text.as_str()).into_any().unbind());
+    }
+    let bytes = text.as_str().as_bytes();
+    // SAFETY: `PyUnicode_New` with maxchar 127 makes a compact ASCII string whose data
+    // holds `len` one-byte characters (and its terminator); every byte written is ASCII.
+    unsafe {
+        let string = Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyUnicode_New(bytes.len() as ffi::Py_ssize_t, 127),
+        )?;
+        let data = ffi::PyUnicode_DATA(string.as_ptr()).cast::<u8>();
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+        Ok(string.unbind())
+    }
 }
 
 fn disconnect_message(py: Python<'_>, info: &CloseInfo) -> PyResult<Py<PyAny>> {

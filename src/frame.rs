@@ -24,23 +24,38 @@ pub const DIRECT_READ: usize = 4096;
 
 /// UTF-8 text, validated once when the message was completed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Text(Bytes);
+pub struct Text {
+    bytes: Bytes,
+    /// All ASCII: the common case, checked faster than UTF-8 and copied into a Python
+    /// string without decoding.
+    ascii: bool,
+}
 
 impl Text {
     pub fn new(bytes: Bytes) -> Result<Self, Violation> {
+        if bytes.is_ascii() {
+            return Ok(Self { bytes, ascii: true });
+        }
         match std::str::from_utf8(&bytes) {
-            Ok(_) => Ok(Self(bytes)),
+            Ok(_) => Ok(Self {
+                bytes,
+                ascii: false,
+            }),
             Err(_) => Err(Violation::InvalidUtf8),
         }
     }
 
     pub fn as_str(&self) -> &str {
         // SAFETY: validated in `new`, and `Bytes` is immutable.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
+        unsafe { std::str::from_utf8_unchecked(&self.bytes) }
+    }
+
+    pub fn is_ascii(&self) -> bool {
+        self.ascii
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 }
 
@@ -520,6 +535,18 @@ mod tests {
         buffer.extend_from_slice(&wire[100..]);
         decoder.feed_direct(&mut |r| got.push(r)).unwrap();
         assert!(matches!(&got[0], Received::Binary(b) if b[..] == payload[..]));
+    }
+
+    #[test]
+    fn text_knows_when_it_is_ascii() {
+        assert!(Text::new(Bytes::from_static(b"plain")).unwrap().is_ascii());
+        let accented = Text::new(Bytes::from("é".as_bytes())).unwrap();
+        assert!(!accented.is_ascii());
+        assert_eq!(accented.as_str(), "é");
+        assert_eq!(
+            Text::new(Bytes::from_static(b"\xC3")).unwrap_err(),
+            Violation::InvalidUtf8
+        );
     }
 
     #[test]
