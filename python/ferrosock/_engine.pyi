@@ -43,9 +43,7 @@ class Server:
         ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
         the event-loop thread (from ``drain``) with the route id and the new object;
         ``on_log`` with a ``logging`` level and a message the IO threads produced."""
-    def start(
-        self, create_future: Callable[[], Any], call_soon: Callable[..., Any]
-    ) -> None:
+    def start(self, create_future: Callable[[], Any], call_soon: Callable[..., Any]) -> None:
         """Bind and start serving. ``create_future`` and ``call_soon`` are the running
         loop's: the first is called only when an awaitable must park, the second schedules
         ``flush`` once per round of sends."""
