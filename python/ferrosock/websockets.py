@@ -48,6 +48,13 @@ class WebSocket:
         self._query_params: QueryParams | None = None
         self._cookies: dict[str, str] | None = None
         self._path_params: dict[str, Any] | None = None
+        if type(self) is WebSocket:
+            # The per-message calls go straight to the engine: no Python frame in between.
+            # (A subclass keeps the methods below, so that its overrides still apply.)
+            self.receive_text = connection.receive_text  # type: ignore[method-assign]
+            self.receive_bytes = connection.receive_bytes  # type: ignore[method-assign]
+            self.send_text = connection.send_text  # type: ignore[method-assign]
+            self.send_bytes = connection.send_bytes  # type: ignore[method-assign]
 
     # ---- the handshake request ----
 
