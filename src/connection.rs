@@ -1,7 +1,7 @@
 //! The state one WebSocket shares between its IO tasks and the Python `Connection`.
 //!
-//! The reader task fills the bounded inbox; Python drains it. Python fills the outbox;
-//! the writer task drains it. `end` records how the connection ended, exactly once, and
+//! The connection's IO task fills the bounded inbox; Python drains it. Python and the
+//! registries fill the outbox; the loop thread's flush or the IO task drains it. `end` records how the connection ended, exactly once, and
 //! from then on every receive and send sees that close code. This module never takes the
 //! GIL: parked Python futures are stored here but only touched by `Server.drain` and the
 //! awaitables, both on the loop thread.
@@ -84,7 +84,7 @@ pub enum Decision {
 pub enum Received {
     Message(Incoming),
     Ended(CloseInfo),
-    /// Nothing yet; the reader will push a `WakeReceive` when something arrives.
+    /// Nothing yet; the IO task will push a `WakeReceive` when something arrives.
     Empty,
 }
 
@@ -189,13 +189,13 @@ impl ConnShared {
         self.closed.get().cloned()
     }
 
-    // ---- inbox: reader task → Python ----
+    // ---- inbox: IO task → Python ----
 
     pub fn inbox_is_full(&self) -> bool {
         self.inbox.lock().bytes >= self.server.config.inbox_limit
     }
 
-    /// Called by the reader task for each data message.
+    /// Called by the IO task for each data message.
     pub fn deliver(self: &Arc<Self>, message: Incoming) {
         stats::bump(&counter::messages_received);
         let wake = {

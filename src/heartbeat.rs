@@ -1,8 +1,7 @@
-//! Keepalive pings, run inside each connection's writer task: no Python per ping.
+//! Keepalive pings, run inside each connection's IO task: no Python per ping.
 //!
-//! Every `ws_ping_interval` the writer sends a ping whose payload is the send time; the
-//! reader answers nothing (tungstenite does) but records the pong's round-trip as the
-//! connection's latency. A ping unanswered for `ws_ping_timeout` ends the connection with
+//! Every `ws_ping_interval` the IO task sends a ping whose payload is the send time, and
+//! records the pong's round-trip as the connection's latency. A ping unanswered for `ws_ping_timeout` ends the connection with
 //! 1011 "keepalive ping timeout".
 
 use std::sync::atomic::Ordering;
@@ -23,7 +22,7 @@ fn nanos_since_epoch(at: Instant) -> u64 {
     at.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
-/// Called by the reader for every pong.
+/// Called by the IO task for every pong.
 pub fn pong(shared: &ConnShared, payload: &[u8]) {
     let now = nanos_since_epoch(Instant::now());
     if let Ok(sent) = <[u8; 8]>::try_from(payload) {
