@@ -7,7 +7,7 @@
 //! awaitables, both on the loop thread.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -45,10 +45,23 @@ const MESSAGE_FLOOR: usize = 16;
 /// Queue slots an inbox or outbox keeps once a burst has drained.
 const IDLE_QUEUE_CAPACITY: usize = 16;
 
-pub enum Outgoing {
-    /// A frame and the bytes it counts for against the outbox limit.
-    Frame(OutFrame, usize),
-    Close(u16, String),
+/// Frames written per `writev` at most, and bytes: enough to amortise the syscall, small
+/// enough that one busy socket does not hold its writer for long.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// A queued frame and the bytes it counts for against the outbox limit (0 for a close).
+struct Outgoing {
+    frame: OutFrame,
+    size: usize,
+}
+
+/// What one `write_queued` did.
+pub struct Written {
+    /// The close frame went out: nothing after it is ever written.
+    pub close_sent: bool,
+    /// Frames are still queued.
+    pub more: bool,
 }
 
 /// How the connection ended: the close code and reason the handler sees.
@@ -88,16 +101,14 @@ pub enum Received {
     Empty,
 }
 
-/// Frames waiting for the socket, and who may write it.
+/// Frames waiting for the socket, and the socket.
 ///
-/// Frames sent by handlers are written by the loop thread itself, one `writev` per socket
-/// after the ready handlers have run, when the IO task holds no batch: a reply to a
-/// message wakes no IO thread. Everything else (and what the loop could not write) is
-/// written by the IO task, in order. The lock makes the two writers exclusive.
+/// Whoever holds the lock writes the front of the queue, without blocking: the loop
+/// thread for frames handlers sent (one `writev` per socket after the ready handlers have
+/// run, so a reply wakes no IO thread), the IO task for everything else and for what the
+/// loop could not write. The lock keeps the two writers in order.
 struct Outbox {
     queue: VecDeque<Outgoing>,
-    /// The IO task holds frames taken from `queue` that are not fully written.
-    io_writing: bool,
     /// The socket, while the IO task runs; `None` before and after.
     tcp: Option<Arc<TcpStream>>,
 }
@@ -158,7 +169,6 @@ impl ConnShared {
             }),
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
-                io_writing: false,
                 tcp: None,
             }),
             outbox_bytes: AtomicUsize::new(0),
@@ -238,18 +248,19 @@ impl ConnShared {
 
     // ---- outbox: Python and registries → the IO task ----
 
-    fn push(&self, command: Outgoing) {
-        self.outbox.lock().queue.push_back(command);
-        self.io_waker.wake();
+    /// Queue a frame; returns the bytes now queued. Counted before a writer can see it,
+    /// so that its `written` never runs first.
+    fn push(&self, frame: OutFrame) -> usize {
+        let size = frame_size(&frame);
+        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
+        self.outbox.lock().queue.push_back(Outgoing { frame, size });
+        queued
     }
 
-    /// Queue a frame for the IO task and wake it.
-    fn queue(&self, frame: OutFrame) -> usize {
-        let size = frame_size(&frame);
-        // Counted before the IO task can see it, so that its `written` never runs first.
-        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        self.push(Outgoing::Frame(frame, size));
-        queued
+    /// Queue a frame and wake the IO task to write it.
+    fn queue(&self, frame: OutFrame) {
+        self.push(frame);
+        self.io_waker.wake();
     }
 
     /// Queue a frame sent on the loop thread, without waking the IO task: the caller has
@@ -260,13 +271,7 @@ impl ConnShared {
             return Err(self.close_info().unwrap_or_else(lost));
         }
         stats::bump(&counter::messages_sent);
-        let size = frame_size(&frame);
-        let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        self.outbox
-            .lock()
-            .queue
-            .push_back(Outgoing::Frame(frame, size));
-        Ok(queued)
+        Ok(self.push(frame))
     }
 
     /// Whether this socket still has to be put on the server's flush list.
@@ -274,23 +279,11 @@ impl ConnShared {
         !self.flush_listed.swap(true, Ordering::AcqRel)
     }
 
-    /// Called on the loop thread: write what is queued with one `writev`, unless the IO
-    /// task holds a batch; what does not fit is left to the IO task.
+    /// Called on the loop thread: write what handlers queued; what the socket does not
+    /// take now is left to the IO task. A close frame is left to the IO task too.
     pub fn flush_from_loop(self: &Arc<Self>) {
         self.flush_listed.store(false, Ordering::Release);
-        let mut outbox = self.outbox.lock();
-        let mut freed = 0;
-        if !outbox.io_writing {
-            if let Some(tcp) = outbox.tcp.clone() {
-                freed = write_front(&tcp, &mut outbox.queue);
-            }
-        }
-        let rest = !outbox.queue.is_empty();
-        drop(outbox);
-        if freed > 0 {
-            self.written(freed);
-        }
-        if rest {
+        if !matches!(self.write_queued(false), Ok(Written { more: false, .. })) {
             self.io_waker.wake();
         }
     }
@@ -315,24 +308,72 @@ impl ConnShared {
         Offer::Queued
     }
 
-    /// Called by the IO task once its batch is written: move up to `max` queued commands
-    /// into the empty `into`. While it holds some, nobody else writes the socket.
-    pub fn take_outgoing(&self, into: &mut VecDeque<Outgoing>, max: usize) {
+    /// Write the front of the queue with one non-blocking `writev` (up to `BATCH_FRAMES`
+    /// frames and `BATCH_BYTES`), drop the frames written and trim a partly written one.
+    /// `through_close` lets the write include a close frame (the IO task's); otherwise it
+    /// stops before one. `WouldBlock` means the socket is full; without a socket (before
+    /// or after the IO task runs) nothing is written.
+    pub fn write_queued(self: &Arc<Self>, through_close: bool) -> io::Result<Written> {
         let mut outbox = self.outbox.lock();
-        let queue = &mut outbox.queue;
-        if queue.len() <= max {
-            std::mem::swap(queue, into);
-        } else {
-            into.extend(queue.drain(..max));
+        let Outbox { queue, tcp } = &mut *outbox;
+        let Some(tcp) = tcp else {
+            return Ok(Written {
+                close_sent: false,
+                more: !queue.is_empty(),
+            });
+        };
+        let mut slices = [IoSlice::new(&[]); 2 * BATCH_FRAMES];
+        let mut count = 0;
+        let mut bytes = 0;
+        for Outgoing { frame, .. } in queue.iter() {
+            let stop = frame.is_close() && !through_close;
+            if stop || count == slices.len() || bytes >= BATCH_BYTES {
+                break;
+            }
+            slices[count] = IoSlice::new(frame.head());
+            slices[count + 1] = IoSlice::new(&frame.payload);
+            count += 2;
+            bytes += frame.wire_len();
+        }
+        let mut close_sent = false;
+        let mut freed = 0;
+        if count > 0 {
+            let mut n = tcp.try_write_vectored(&slices[..count])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while let Some(Outgoing { frame, size }) = queue.front_mut() {
+                let len = frame.wire_len();
+                if n < len {
+                    if n > 0 {
+                        *frame = frame.after(n);
+                    }
+                    break;
+                }
+                n -= len;
+                freed += *size;
+                if frame.is_close() {
+                    // Nothing is sent after a close frame.
+                    close_sent = true;
+                    queue.clear();
+                    break;
+                }
+                queue.pop_front();
+            }
         }
         if queue.is_empty() && queue.capacity() > IDLE_QUEUE_CAPACITY {
             queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
-        outbox.io_writing = !into.is_empty();
+        let more = !queue.is_empty();
+        drop(outbox);
+        if freed > 0 {
+            self.written(freed);
+        }
+        Ok(Written { close_sent, more })
     }
 
     /// Called by the IO task as it starts (`Some`) and ends (`None`): only while it runs
-    /// may others write the socket.
+    /// may the socket be written.
     pub fn attach_socket(&self, tcp: Option<Arc<TcpStream>>) {
         self.outbox.lock().tcp = tcp;
     }
@@ -369,7 +410,11 @@ impl ConnShared {
     /// The IO task drops the socket if the closing handshake takes over `close_timeout`.
     pub fn close(self: &Arc<Self>, code: u16, reason: &str) {
         if self.end(code, reason) {
-            self.push(Outgoing::Close(code, reason.to_owned()));
+            self.outbox.lock().queue.push_back(Outgoing {
+                frame: OutFrame::close(code, reason),
+                size: 0,
+            });
+            self.io_waker.wake();
         }
     }
 
@@ -468,42 +513,4 @@ pub enum Offer {
 /// Bytes a frame counts for against the outbox limit.
 pub fn frame_size(frame: &OutFrame) -> usize {
     frame.payload.len().max(MESSAGE_FLOOR)
-}
-
-/// Write the frames at the front of `queue` with one `writev` (stopping at a close, which
-/// the IO task sends), drop those written and trim a partly written one. Returns the
-/// outbox bytes freed.
-fn write_front(tcp: &TcpStream, queue: &mut VecDeque<Outgoing>) -> usize {
-    const MAX_FRAMES: usize = 64;
-    let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
-    let mut count = 0;
-    for command in queue.iter().take(MAX_FRAMES) {
-        let Outgoing::Frame(frame, _) = command else {
-            break;
-        };
-        slices[count] = IoSlice::new(frame.head());
-        slices[count + 1] = IoSlice::new(&frame.payload);
-        count += 2;
-    }
-    if count == 0 {
-        return 0;
-    }
-    let Ok(mut n) = tcp.try_write_vectored(&slices[..count]) else {
-        // Full, or failed: the IO task waits for room or finds the error.
-        return 0;
-    };
-    let mut freed = 0;
-    while let Some(Outgoing::Frame(frame, size)) = queue.front_mut() {
-        let len = frame.wire_len();
-        if n < len {
-            if n > 0 {
-                *frame = frame.after(n);
-            }
-            break;
-        }
-        n -= len;
-        freed += *size;
-        queue.pop_front();
-    }
-    freed
 }

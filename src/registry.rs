@@ -15,12 +15,12 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 use tokio::sync::mpsc;
 
 use crate::connection::{frame_size, ConnShared, Offer};
 use crate::frame::OutFrame;
-use crate::websocket::{bytes_of, Connection};
+use crate::websocket::{bytes_of, text_of, Connection};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumer {
@@ -281,8 +281,14 @@ impl Registry {
     }
 
     #[pyo3(signature = (data, room=None, exclude=None))]
-    fn broadcast_text(&self, data: &str, room: Option<String>, exclude: Option<&Connection>) {
-        self.submit(text_frame(data), Self::target(room), exclude);
+    fn broadcast_text(
+        &self,
+        data: &Bound<'_, PyString>,
+        room: Option<String>,
+        exclude: Option<&Connection>,
+    ) -> PyResult<()> {
+        self.submit(OutFrame::text(text_of(data)?), Self::target(room), exclude);
+        Ok(())
     }
 
     #[pyo3(signature = (data, room=None, exclude=None))]
@@ -297,12 +303,12 @@ impl Registry {
         Ok(())
     }
 
-    fn send_text_to(&self, conn_id: u64, data: &str) -> bool {
+    fn send_text_to(&self, conn_id: u64, data: &Bound<'_, PyString>) -> PyResult<bool> {
         let known = self.inner.members.lock().by_id.contains_key(&conn_id);
         if known {
-            self.submit(text_frame(data), Target::One(conn_id), None);
+            self.submit(OutFrame::text(text_of(data)?), Target::One(conn_id), None);
         }
-        known
+        Ok(known)
     }
 
     fn send_bytes_to(&self, conn_id: u64, data: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -363,8 +369,4 @@ impl Registry {
         dict.set_item("backlog", self.backlog())?;
         Ok(dict)
     }
-}
-
-fn text_frame(data: &str) -> OutFrame {
-    OutFrame::text(bytes::Bytes::copy_from_slice(data.as_bytes()))
 }

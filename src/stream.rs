@@ -4,14 +4,13 @@
 //! Reading goes into a per-thread scratch buffer that the frame decoder consumes, so an
 //! idle socket holds no read buffer; a large payload is read straight into its own
 //! buffer. Messages go to the bounded inbox (reading stops while it is full, so TCP
-//! pushes back). Writing takes up to `BATCH_FRAMES` queued frames and writes them with
-//! one `writev`, headers and shared payloads side by side. Nothing here takes the GIL:
+//! pushes back). Writing goes through `ConnShared::write_queued`: up to 64 queued frames
+//! per `writev`, headers and shared payloads side by side. Nothing here takes the GIL:
 //! Python learns about everything through `ConnShared` and the bridge.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,14 +23,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::bridge::LOG_INFO;
-use crate::connection::{ConnShared, Incoming, Outgoing};
+use crate::connection::{ConnShared, Incoming};
 use crate::frame::{self, Decoder, OutFrame, Received, Violation};
 use crate::heartbeat::{self, Beat, Heartbeat};
 
-/// Frames written per `writev` at most, and bytes: enough to amortise the syscall, small
-/// enough that one busy socket does not hold the IO thread for long.
-const BATCH_FRAMES: usize = 64;
-const BATCH_BYTES: usize = 256 * 1024;
 /// Size of each IO thread's read buffer, shared by all its sockets.
 const SCRATCH: usize = 64 * 1024;
 
@@ -67,10 +62,6 @@ struct Io {
     tcp: Arc<TcpStream>,
     decoder: Decoder,
     reading: ReadState,
-    /// Frames taken from the outbox and not yet fully written.
-    batch: VecDeque<Outgoing>,
-    /// Bytes of the batch's first frame already written.
-    written: usize,
     /// A close frame went out: after it, nothing else is written.
     close_sent: bool,
     /// The connection ends once the close frame is written (peer's close answered, or a
@@ -94,8 +85,6 @@ impl Io {
             tcp,
             decoder,
             reading: ReadState::Open,
-            batch: VecDeque::new(),
-            written: 0,
             close_sent: false,
             finish_after_close: false,
             heartbeat,
@@ -194,89 +183,35 @@ impl Io {
     /// Write queued frames until the outbox is empty or the socket is full.
     /// `Ready(())` means the socket failed.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.batch.is_empty() {
-                if self.close_sent {
-                    return Poll::Pending;
+        while !self.close_sent {
+            match self.shared.write_queued(true) {
+                Ok(written) => {
+                    if written.close_sent {
+                        self.close_sent = true;
+                        if self.finish_after_close {
+                            self.shared.stop();
+                        }
+                    }
+                    if !written.more {
+                        self.write_blocked = false;
+                        return Poll::Pending;
+                    }
                 }
-                self.shared.take_outgoing(&mut self.batch, BATCH_FRAMES);
-                if self.batch.is_empty() {
-                    self.write_blocked = false;
-                    return Poll::Pending;
+                // Full: wait for room (polling readiness registers for it).
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    match self.tcp.poll_write_ready(cx) {
+                        Poll::Pending => {
+                            self.write_blocked = true;
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    }
                 }
-            }
-            let mut slices = [IoSlice::new(&[]); 2 * BATCH_FRAMES];
-            let mut count = 0;
-            let mut bytes = 0;
-            for (i, command) in self.batch.iter_mut().enumerate() {
-                if count + 2 > slices.len() || bytes >= BATCH_BYTES {
-                    break;
-                }
-                if let Outgoing::Close(code, reason) = command {
-                    *command = Outgoing::Frame(OutFrame::close(*code, reason), 0);
-                }
-                let Outgoing::Frame(frame, _) = &*command else {
-                    unreachable!("closes were turned into frames above")
-                };
-                let (head, payload) = (frame.head(), &frame.payload[..]);
-                let skip = if i == 0 { self.written } else { 0 };
-                if skip < head.len() {
-                    slices[count] = IoSlice::new(&head[skip..]);
-                    slices[count + 1] = IoSlice::new(payload);
-                    count += 2;
-                } else {
-                    slices[count] = IoSlice::new(&payload[skip - head.len()..]);
-                    count += 1;
-                }
-                bytes += frame.wire_len() - skip;
-                if frame.is_close() {
-                    break;
-                }
-            }
-            match self.tcp.poll_write_ready(cx) {
-                Poll::Pending => {
-                    self.write_blocked = true;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) => {}
-            }
-            let n = match self.tcp.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Poll::Ready(()),
-                Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Poll::Ready(()),
-            };
-            self.write_blocked = false;
-            self.advance(n);
-        }
-    }
-
-    /// Drop the frames `n` more written bytes completed.
-    fn advance(&mut self, mut n: usize) {
-        let mut freed = 0;
-        while let Some(Outgoing::Frame(frame, size)) = self.batch.front() {
-            let left = frame.wire_len() - self.written;
-            if n < left {
-                self.written += n;
-                break;
             }
-            n -= left;
-            self.written = 0;
-            freed += *size;
-            if frame.is_close() {
-                self.close_sent = true;
-                self.batch.clear();
-                if self.finish_after_close {
-                    self.shared.stop();
-                }
-                break;
-            }
-            self.batch.pop_front();
         }
-        if freed > 0 {
-            self.shared.written(freed);
-        }
+        Poll::Pending
     }
 
     /// The heartbeat, the write deadline and the closing deadline.
@@ -331,32 +266,31 @@ impl Future for Io {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let io = self.get_mut();
         io.shared.register_io(cx.waker());
-        loop {
-            if io.shared.is_stopped() {
-                return Poll::Ready(());
-            }
-            if io.poll_read(cx).is_ready() {
-                // The peer went away: answering is no longer possible.
-                if !io.close_sent {
-                    io.shared.end(1006, "connection lost");
-                }
-                return Poll::Ready(());
-            }
-            if io.poll_write(cx).is_ready() {
+        if io.shared.is_stopped() {
+            return Poll::Ready(());
+        }
+        if io.poll_read(cx).is_ready() {
+            // The peer went away: answering is no longer possible.
+            if !io.close_sent {
                 io.shared.end(1006, "connection lost");
-                return Poll::Ready(());
             }
-            if io.shared.is_closing() && io.closing_deadline.is_none() {
-                io.closing_deadline = Some(Instant::now() + io.shared.server.config.close_timeout);
-                io.heartbeat.disable();
-            }
-            io.poll_timers(cx);
-            // Writing or a timer may have stopped the connection. A frame a timer queued
-            // (a ping, a close) woke this task through the outbox: it is written next poll.
-            if io.shared.is_stopped() {
-                continue;
-            }
-            return Poll::Pending;
+            return Poll::Ready(());
+        }
+        if io.poll_write(cx).is_ready() {
+            io.shared.end(1006, "connection lost");
+            return Poll::Ready(());
+        }
+        if io.shared.is_closing() && io.closing_deadline.is_none() {
+            io.closing_deadline = Some(Instant::now() + io.shared.server.config.close_timeout);
+            io.heartbeat.disable();
+        }
+        io.poll_timers(cx);
+        // Writing or a timer may have stopped the connection. A frame a timer queued (a
+        // ping, a close) woke this task through the outbox: it is written next poll.
+        if io.shared.is_stopped() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }

@@ -249,14 +249,7 @@ impl Connection {
     }
 
     fn send_text(&self, py: Python<'_>, data: &Bound<'_, PyString>) -> PyResult<Py<PyAny>> {
-        let text = data.extract::<PyBackedStr>()?;
-        let payload = if text.len() >= BORROW_AT {
-            // The frame keeps the (immutable) Python string alive and writes from it.
-            Bytes::from_owner(text)
-        } else {
-            Bytes::copy_from_slice(text.as_bytes())
-        };
-        self.send(py, OutFrame::text(payload))
+        self.send(py, OutFrame::text(text_of(data)?))
     }
 
     fn send_bytes(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -279,6 +272,17 @@ impl Connection {
     fn __repr__(&self) -> String {
         format!("<Connection {} {}>", self.shared.id, self.path)
     }
+}
+
+/// The UTF-8 bytes of a `str`. Long text is not copied: the `Bytes` keeps the (immutable)
+/// Python string alive and points into its UTF-8 buffer.
+pub fn text_of(data: &Bound<'_, PyString>) -> PyResult<Bytes> {
+    let text = data.extract::<PyBackedStr>()?;
+    Ok(if text.len() >= BORROW_AT {
+        Bytes::from_owner(text)
+    } else {
+        Bytes::copy_from_slice(text.as_bytes())
+    })
 }
 
 /// The bytes of a `bytes`, `bytearray` or `memoryview`, copied once.

@@ -1,7 +1,10 @@
 """Malformed handshakes and frames are answered by the engine with the RFC 6455 codes."""
 
+import asyncio
+
 import pytest
 from core_support import (
+    IO_TIMEOUT,
     OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_PING,
@@ -105,7 +108,8 @@ async def test_client_close_is_answered_with_its_code(core_server):
     try:
         await raw.send_frame(OPCODE_CLOSE, (4000).to_bytes(2, "big") + b"bye")
         assert (await raw.close_frame()).close_code == 4000
-        assert await raw.reader.read() == b""  # then the server closes TCP
+        # Then the server closes TCP.
+        assert await asyncio.wait_for(raw.reader.read(), IO_TIMEOUT) == b""
     finally:
         await raw.aclose()
 
