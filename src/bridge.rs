@@ -28,12 +28,14 @@ pub enum Event {
     Log(i32, String),
 }
 
-pub struct Bridge {
-    queue: Mutex<Vec<Event>>,
+/// A queue of events for the loop thread and its eventfd. The server's bridge carries
+/// `Event`s; a broadcast backend has its own for what it tells its manager.
+pub struct Bridge<E = Event> {
+    queue: Mutex<Vec<E>>,
     eventfd: OwnedFd,
 }
 
-impl Bridge {
+impl<E> Bridge<E> {
     pub fn new() -> std::io::Result<Self> {
         // SAFETY: eventfd returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -52,7 +54,7 @@ impl Bridge {
     }
 
     /// Queue an event; wake the loop only if it was not already due to drain.
-    pub fn push(&self, event: Event) {
+    pub fn push(&self, event: E) {
         let was_empty = {
             let mut queue = self.queue.lock();
             let was_empty = queue.is_empty();
@@ -68,13 +70,9 @@ impl Bridge {
         }
     }
 
-    pub fn log(&self, level: i32, message: String) {
-        self.push(Event::Log(level, message));
-    }
-
     /// Take every queued event. Reset the eventfd first: an event pushed after the take
     /// finds the queue empty and writes the eventfd again, so none is left unseen.
-    pub fn take(&self, into: &mut Vec<Event>) {
+    pub fn take(&self, into: &mut Vec<E>) {
         let mut counter_value: u64 = 0;
         // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd.
         unsafe { libc::read(self.fd(), (&mut counter_value as *mut u64).cast(), 8) };
@@ -82,6 +80,13 @@ impl Bridge {
     }
 }
 
+impl Bridge<Event> {
+    pub fn log(&self, level: i32, message: String) {
+        self.push(Event::Log(level, message));
+    }
+}
+
 pub const LOG_DEBUG: i32 = 10;
 pub const LOG_INFO: i32 = 20;
 pub const LOG_WARNING: i32 = 30;
+pub const LOG_ERROR: i32 = 40;

@@ -154,12 +154,10 @@ pub struct ConnShared {
     memberships: Mutex<Vec<Weak<RegistryInner>>>,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 impl ConnShared {
     pub fn new(server: Arc<ServerState>) -> Arc<Self> {
         Arc::new(Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: crate::node::next_id(),
             server,
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),

@@ -395,6 +395,10 @@ impl OutFrame {
         }
     }
 
+    pub fn is_binary(&self) -> bool {
+        self.head[0] & 0x0f == OP_BINARY
+    }
+
     pub fn text(payload: Bytes) -> Self {
         Self::new(OP_TEXT, payload)
     }

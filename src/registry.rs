@@ -7,20 +7,30 @@
 //! outbox without waiting. A member whose outbox is full is closed with 1013 or skipped,
 //! by policy: a slow or dead member never delays the others. Connections leave every
 //! registry by themselves when they end.
+//!
+//! With a broadcast backend (`pubsub.rs`) every broadcast is also published once, and what
+//! other processes publish is offered to the local members by the same `deliver`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
 
 use crate::connection::{frame_size, ConnShared, Offer};
+use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
+use crate::node;
+use crate::pubsub::{self, LocalMembers, Notice, QueryError};
 use crate::websocket::{bytes_of, text_of, Connection};
+
+/// Room names travel in a 16-bit length field when a backend carries them.
+const MAX_ROOM_NAME: usize = u16::MAX as usize;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumer {
@@ -40,28 +50,29 @@ struct Members {
 }
 
 impl Members {
-    fn remove(&mut self, id: u64) -> Option<Member> {
+    /// Remove a member; returns it and the rooms it left empty.
+    fn remove(&mut self, id: u64) -> Option<(Member, Vec<String>)> {
         let member = self.by_id.remove(&id)?;
-        for room in &member.rooms {
-            self.leave_room(id, room);
-        }
-        Some(member)
+        let emptied = member
+            .rooms
+            .iter()
+            .filter(|room| self.leave_room(id, room))
+            .cloned()
+            .collect();
+        Some((member, emptied))
     }
 
-    fn leave_room(&mut self, id: u64, room: &str) {
+    /// True when the room is empty afterwards (and gone).
+    fn leave_room(&mut self, id: u64, room: &str) -> bool {
         if let Some(ids) = self.rooms.get_mut(room) {
             ids.remove(&id);
             if ids.is_empty() {
                 self.rooms.remove(room);
+                return true;
             }
         }
+        false
     }
-}
-
-enum Target {
-    All,
-    Room(String),
-    One(u64),
 }
 
 struct Delivery {
@@ -85,26 +96,46 @@ pub struct RegistryInner {
     backlog: AtomicUsize,
     policy: SlowConsumer,
     counters: Counters,
+    backend: OnceLock<Arc<pubsub::Link>>,
 }
 
 impl RegistryInner {
     /// Called by a connection as it ends.
     pub fn forget(&self, id: u64) {
-        self.members.lock().remove(id);
+        let removed = self.members.lock().remove(id);
+        if let Some((_, emptied)) = removed {
+            self.rooms_closed(&emptied);
+        }
+    }
+
+    fn rooms_closed(&self, rooms: &[String]) {
+        if let Some(backend) = self.backend.get() {
+            rooms.iter().for_each(|room| backend.room_closed(room));
+        }
     }
 
     fn deliver(&self, delivery: Delivery) {
-        let size = delivery.size;
+        self.offer(
+            &delivery.frame,
+            delivery.size,
+            &delivery.target,
+            delivery.exclude,
+        );
+        self.backlog.fetch_sub(delivery.size, Ordering::AcqRel);
+    }
+
+    /// Offer one frame to the members `target` names, by the slow-consumer policy.
+    fn offer(&self, frame: &OutFrame, size: usize, target: &Target, exclude: Option<u64>) {
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
         let mut dropped = 0;
         {
             let members = self.members.lock();
             let mut offer = |conn: &Arc<ConnShared>| {
-                if Some(conn.id) == delivery.exclude {
+                if Some(conn.id) == exclude {
                     return;
                 }
-                match conn.offer(delivery.frame.clone(), size) {
+                match conn.offer(frame.clone(), size) {
                     Offer::Queued => delivered += 1,
                     Offer::Ended => {}
                     Offer::Full => match self.policy {
@@ -113,7 +144,7 @@ impl RegistryInner {
                     },
                 }
             };
-            match &delivery.target {
+            match target {
                 Target::All => members.by_id.values().for_each(|m| offer(&m.conn)),
                 Target::Room(room) => {
                     if let Some(ids) = members.rooms.get(room) {
@@ -139,7 +170,28 @@ impl RegistryInner {
         for conn in slow {
             conn.close(1013, "slow consumer: outbox full");
         }
-        self.backlog.fetch_sub(size, Ordering::AcqRel);
+    }
+}
+
+impl LocalMembers for RegistryInner {
+    fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>) {
+        self.offer(&frame, frame_size(&frame), target, exclude);
+    }
+
+    fn answer(&self, query: Query, room: Option<&str>) -> Vec<u64> {
+        let members = self.members.lock();
+        match (query, room) {
+            (Query::Count, None) => vec![members.by_id.len() as u64],
+            (Query::Count, Some(room)) => {
+                vec![members.rooms.get(room).map_or(0, |ids| ids.len() as u64)]
+            }
+            (Query::Members, None) => members.by_id.keys().copied().collect(),
+            (Query::Members, Some(room)) => members
+                .rooms
+                .get(room)
+                .map(|ids| ids.iter().copied().collect())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -191,6 +243,14 @@ impl Registry {
     }
 
     fn submit(&self, frame: OutFrame, target: Target, exclude: Option<&Connection>) {
+        let exclude = exclude.map(|c| c.shared().id);
+        if let Some(backend) = self.inner.backend.get() {
+            backend.publish(&target, exclude, &frame);
+        }
+        self.submit_local(frame, target, exclude);
+    }
+
+    fn submit_local(&self, frame: OutFrame, target: Target, exclude: Option<u64>) {
         if !matches!(target, Target::One(_)) {
             self.inner
                 .counters
@@ -209,8 +269,34 @@ impl Registry {
             frame,
             size,
             target,
-            exclude: exclude.map(|c| c.shared().id),
+            exclude,
         });
+    }
+
+    /// Send to one member, here or (with a backend) on the process its id names. True
+    /// when it is a member here or was handed to the backend.
+    fn send_to(&self, conn_id: u64, frame: impl FnOnce() -> PyResult<OutFrame>) -> PyResult<bool> {
+        if node::is_local(conn_id) {
+            let known = self.inner.members.lock().by_id.contains_key(&conn_id);
+            if known {
+                self.submit_local(frame()?, Target::One(conn_id), None);
+            }
+            return Ok(known);
+        }
+        match self.inner.backend.get() {
+            Some(backend) => {
+                backend.publish(&Target::One(conn_id), None, &frame()?);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn backend(&self) -> PyResult<&Arc<pubsub::Link>> {
+        self.inner
+            .backend
+            .get()
+            .ok_or_else(|| PyRuntimeError::new_err("this manager has no broadcast backend"))
     }
 
     fn target(room: Option<String>) -> Target {
@@ -237,6 +323,7 @@ impl Registry {
             backlog: AtomicUsize::new(0),
             policy,
             counters: Counters::default(),
+            backend: OnceLock::new(),
         });
         let (queue, deliveries) = mpsc::unbounded_channel();
         Ok(Self {
@@ -253,30 +340,53 @@ impl Registry {
 
     fn remove(&self, conn: &Connection) {
         let id = conn.shared().id;
-        if self.inner.members.lock().remove(id).is_some() {
+        let removed = self.inner.members.lock().remove(id);
+        if let Some((_, emptied)) = removed {
             conn.shared().left(&self.weak());
+            self.inner.rooms_closed(&emptied);
         }
     }
 
-    fn join(&self, conn: &Connection, room: String) -> bool {
+    fn join(&self, conn: &Connection, room: String) -> PyResult<bool> {
+        if room.len() > MAX_ROOM_NAME {
+            return Err(PyValueError::new_err(format!(
+                "a room name may have at most {MAX_ROOM_NAME} bytes, not {}",
+                room.len()
+            )));
+        }
         if !self.add_member(conn) {
-            return false;
+            return Ok(false);
         }
         let id = conn.shared().id;
-        let mut members = self.inner.members.lock();
-        if let Some(member) = members.by_id.get_mut(&id) {
+        let opened = {
+            let mut members = self.inner.members.lock();
+            let Some(member) = members.by_id.get_mut(&id) else {
+                return Ok(true);
+            };
             member.rooms.insert(room.clone());
-            members.rooms.entry(room).or_default().insert(id);
+            let ids = members.rooms.entry(room.clone()).or_default();
+            ids.insert(id);
+            ids.len() == 1
+        };
+        if opened {
+            if let Some(backend) = self.inner.backend.get() {
+                backend.room_opened(&room);
+            }
         }
-        true
+        Ok(true)
     }
 
     fn leave(&self, conn: &Connection, room: &str) {
         let id = conn.shared().id;
-        let mut members = self.inner.members.lock();
-        if let Some(member) = members.by_id.get_mut(&id) {
-            member.rooms.remove(room);
-            members.leave_room(id, room);
+        let emptied = {
+            let mut members = self.inner.members.lock();
+            match members.by_id.get_mut(&id) {
+                Some(member) => member.rooms.remove(room) && members.leave_room(id, room),
+                None => false,
+            }
+        };
+        if emptied {
+            self.inner.rooms_closed(&[room.to_owned()]);
         }
     }
 
@@ -304,23 +414,133 @@ impl Registry {
     }
 
     fn send_text_to(&self, conn_id: u64, data: &Bound<'_, PyString>) -> PyResult<bool> {
-        let known = self.inner.members.lock().by_id.contains_key(&conn_id);
-        if known {
-            self.submit(OutFrame::text(text_of(data)?), Target::One(conn_id), None);
-        }
-        Ok(known)
+        self.send_to(conn_id, || Ok(OutFrame::text(text_of(data)?)))
     }
 
     fn send_bytes_to(&self, conn_id: u64, data: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let known = self.inner.members.lock().by_id.contains_key(&conn_id);
-        if known {
-            self.submit(
-                OutFrame::binary(bytes_of(data)?),
-                Target::One(conn_id),
-                None,
-            );
+        self.send_to(conn_id, || Ok(OutFrame::binary(bytes_of(data)?)))
+    }
+
+    /// Carry this manager's messages across processes through Redis at `url`. Checks the
+    /// settings and returns the address as logs show it; nothing connects before
+    /// `start_backend`. Once per registry.
+    #[pyo3(signature = (url, *, channel_prefix, name, publish_limit, presence_timeout))]
+    fn set_backend(
+        &self,
+        url: String,
+        channel_prefix: String,
+        name: String,
+        publish_limit: usize,
+        presence_timeout: f64,
+    ) -> PyResult<String> {
+        if !(presence_timeout.is_finite() && presence_timeout > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "broadcast_presence_timeout must be a positive number of seconds, not {presence_timeout}"
+            )));
         }
-        Ok(known)
+        let link = pubsub::Link::new(pubsub::Settings {
+            url,
+            channel_prefix,
+            name,
+            publish_limit,
+            presence_timeout: Duration::from_secs_f64(presence_timeout),
+        })
+        .map_err(|e| PyValueError::new_err(format!("broadcast_backend: {e}")))?;
+        let address = link.address.clone();
+        self.inner
+            .backend
+            .set(Arc::new(link))
+            .map_err(|_| PyRuntimeError::new_err("this manager already has a backend"))?;
+        Ok(address)
+    }
+
+    /// Check a backend URL without keeping it: its address as logs show it, or ValueError.
+    #[staticmethod]
+    fn backend_address(url: String) -> PyResult<String> {
+        pubsub::Link::new(pubsub::Settings {
+            url,
+            channel_prefix: String::new(),
+            name: String::new(),
+            publish_limit: 0,
+            presence_timeout: Duration::from_secs(1),
+        })
+        .map(|link| link.address)
+        .map_err(|e| PyValueError::new_err(format!("broadcast_backend: {e}")))
+    }
+
+    /// Start connecting (once) and return the eventfd that says `backend_drain` has news.
+    fn start_backend(&self) -> PyResult<i32> {
+        let backend = self.backend()?;
+        let local: Weak<dyn LocalMembers> = self.weak();
+        for room in self.inner.members.lock().rooms.keys() {
+            backend.room_opened(room);
+        }
+        backend.start(local);
+        Ok(backend.notices.fd())
+    }
+
+    /// What the backend has to say: `("log", level, message)`, `("reconnected",)`,
+    /// `("answer", query_id, values)`, and `("timeout", query_id, reason)` or
+    /// `("unavailable", query_id, reason)` for a query that got no full answer.
+    fn backend_drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut notices = Vec::new();
+        self.backend()?.notices.take(&mut notices);
+        let list = PyList::empty(py);
+        for notice in notices {
+            let item = match notice {
+                Notice::Log(level, message) => PyTuple::new(
+                    py,
+                    [
+                        "log".into_pyobject(py)?.into_any(),
+                        level.into_pyobject(py)?.into_any(),
+                        message.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+                Notice::Reconnected => PyTuple::new(py, ["reconnected"])?,
+                Notice::Answer(id, Ok(values)) => PyTuple::new(
+                    py,
+                    [
+                        "answer".into_pyobject(py)?.into_any(),
+                        id.into_pyobject(py)?.into_any(),
+                        values.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+                Notice::Answer(id, Err(error)) => {
+                    let (kind, reason) = match error {
+                        QueryError::Timeout(reason) => ("timeout", reason),
+                        QueryError::Unavailable(reason) => ("unavailable", reason),
+                    };
+                    PyTuple::new(
+                        py,
+                        [
+                            kind.into_pyobject(py)?.into_any(),
+                            id.into_pyobject(py)?.into_any(),
+                            reason.into_pyobject(py)?.into_any(),
+                        ],
+                    )?
+                }
+            };
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+
+    /// Ask every process for its members' count (or ids), of `room` or of everyone.
+    /// Returns the query's id; the answer comes through `backend_drain`.
+    #[pyo3(signature = (members, room=None))]
+    fn cluster_query(&self, members: bool, room: Option<String>) -> PyResult<u64> {
+        let query = if members {
+            Query::Members
+        } else {
+            Query::Count
+        };
+        Ok(self.backend()?.query(query, room))
+    }
+
+    /// `"connecting"`, `"connected"` or `"down"`; None without a backend.
+    #[getter]
+    fn backend_state(&self) -> Option<&'static str> {
+        self.inner.backend.get().map(|b| b.state().name())
     }
 
     /// Bytes waiting for the fan-out task: `ConnectionManager` makes publishers wait
@@ -367,6 +587,25 @@ impl Registry {
         dict.set_item("dropped", counters.dropped.load(Ordering::Relaxed))?;
         dict.set_item("closed_slow", counters.closed_slow.load(Ordering::Relaxed))?;
         dict.set_item("backlog", self.backlog())?;
+        if let Some(backend) = self.inner.backend.get() {
+            let c = &backend.counters;
+            dict.set_item("published", c.published.load(Ordering::Relaxed))?;
+            dict.set_item("received", c.received.load(Ordering::Relaxed))?;
+            dict.set_item("publish_dropped", c.publish_dropped.load(Ordering::Relaxed))?;
+            dict.set_item("reconnects", c.reconnects.load(Ordering::Relaxed))?;
+            dict.set_item("malformed", c.malformed.load(Ordering::Relaxed))?;
+            dict.set_item("publish_queue", backend.queued_bytes())?;
+            dict.set_item("backend_state", backend.state().name())?;
+        }
         Ok(dict)
+    }
+}
+
+impl Drop for Registry {
+    /// The backend's task holds its link: stop it with the registry.
+    fn drop(&mut self) {
+        if let Some(backend) = self.inner.backend.get() {
+            backend.stop();
+        }
     }
 }

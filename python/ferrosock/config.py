@@ -60,12 +60,36 @@ class Config:
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT (set by --workers)"}
     )
+    broadcast_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "Redis URL (redis://, rediss://) carrying every ConnectionManager's "
+            "messages across processes and hosts",
+            "env": "FERROSOCK_BROADCAST_BACKEND",
+        },
+    )
+    broadcast_channel_prefix: str = field(
+        default="ferrosock", metadata={"help": "prefix of the backend's Redis channels"}
+    )
+    broadcast_publish_limit: int = field(
+        default=8 * MIB,
+        metadata={"help": "bytes waiting to be published at most; past it messages are dropped"},
+    )
+    broadcast_presence_timeout: float = field(
+        default=1.0,
+        metadata={"help": "seconds cluster_count()/cluster_members() wait for every process"},
+    )
 
     @classmethod
     def from_settings(cls, *layers: dict[str, Any]) -> Config:
-        """Build from keyword layers, later ones winning; unknown names are an error."""
+        """Build from keyword layers, later ones winning, over the environment variables
+        some fields name (``FERROSOCK_BROADCAST_BACKEND``); unknown names are an error."""
         names = {f.name for f in fields(cls)}
-        merged: dict[str, Any] = {}
+        merged: dict[str, Any] = {
+            f.name: os.environ[f.metadata["env"]]
+            for f in fields(cls)
+            if "env" in f.metadata and os.environ.get(f.metadata["env"])
+        }
         for layer in layers:
             unknown = sorted(set(layer) - names)
             if unknown:

@@ -17,6 +17,7 @@ from typing import Any
 from . import _engine
 from .config import Config
 from .exceptions import WebSocketDisconnect, WebSocketException
+from .manager import configure_backends, stop_backends
 from .requests import Request
 from .responses import PlainTextResponse, Response
 from .websockets import WebSocket, WebSocketState
@@ -47,6 +48,7 @@ class Server:
         if self._exit_requested:
             self._exit.set()
         try:
+            configure_backends(self.config, loop)
             with _signals_handled(loop, self.request_shutdown):
                 async with self.app.lifespan_context(self.app):
                     engine = self._start_engine(loop)
@@ -61,6 +63,7 @@ class Server:
             self.error = error
             raise
         finally:
+            stop_backends(loop)
             self.started.set()
 
     def request_shutdown(self) -> None:
