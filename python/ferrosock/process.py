@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
-import multiprocessing
 import os
+import select
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from .config import Config
 from .server import Server
@@ -71,31 +74,320 @@ def main_process(app: Any, config: Config) -> None:
     if config.workers <= 1:
         serve(app, config)
         return
-    supervise(app, config)
-
-
-def supervise(app: Any, config: Config) -> None:
-    """Fork ``workers`` processes sharing the port through SO_REUSEPORT; forward SIGINT
-    and SIGTERM to them and exit when they all have."""
-    context = multiprocessing.get_context("fork")
-    worker_config = config.replace(workers=1, reuse_port=True)
-    workers = [
-        context.Process(target=serve, args=(app, worker_config), name=f"ferrosock-worker-{i}")
-        for i in range(config.workers)
-    ]
-    for worker in workers:
-        worker.start()
-    logger.info("Started %d workers (pids %s)", len(workers), [w.pid for w in workers])
-
-    def forward(signum: int, _frame: Any) -> None:
-        for worker in workers:
-            if worker.pid and worker.is_alive():
-                os.kill(worker.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for worker in workers:
-        worker.join()
-    failed = [w.exitcode for w in workers if w.exitcode not in (0, None)]
-    if failed:
+    if not Supervisor(app, config).run():
         sys.exit(1)
+
+
+# A worker that lived this long before dying is restarted at once: its death is not part
+# of a crash loop. One that died sooner waits RESTART_DELAY_FIRST, doubled after each
+# further quick death up to RESTART_DELAY_MAX.
+STABLE_LIFETIME = 10.0
+RESTART_DELAY_FIRST = 0.1
+RESTART_DELAY_MAX = 10.0
+# Workers get graceful_shutdown_timeout for their handlers, then a second to cancel them,
+# then the app's shutdown events; this margin covers the last two before SIGKILL.
+SHUTDOWN_MARGIN = 5.0
+# Signals the supervisor acts on; they are blocked around fork so that a worker never runs
+# the supervisor's handlers (see Supervisor._start).
+SUPERVISOR_SIGNALS = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def describe_status(status: int | None) -> str:
+    """``exited with code 3`` or ``was killed by SIGKILL``, from a ``waitpid`` status."""
+    if status is None:
+        return "ended, its status taken by another waitpid"
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"was killed by {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+@dataclass
+class _Slot:
+    """One of the ``workers`` places: the process now in it and its crash-loop state."""
+
+    number: int
+    pid: int | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Forks ``config.workers`` processes that share the port through SO_REUSEPORT and
+    keeps that many running.
+
+    A worker that dies is logged with its status and replaced, after a growing delay when
+    workers keep dying young. SIGINT or SIGTERM to the supervisor is passed on as SIGTERM
+    (a graceful shutdown; a worker also gets Ctrl-C's SIGINT from the terminal, and two
+    SIGINTs would stop it at once); the workers get ``graceful_shutdown_timeout`` plus
+    SHUTDOWN_MARGIN to exit before SIGKILL. Workers stop by themselves when the supervisor
+    dies, even by SIGKILL (see ``_follow_supervisor``).
+
+    The main loop sleeps in ``select`` on the read end of a pipe given to
+    ``signal.set_wakeup_fd``: every SIGCHLD, SIGINT and SIGTERM writes its number there, so
+    the loop wakes for each death and each request to stop, and at the next timer (a
+    delayed restart, the shutdown deadline) otherwise.
+    """
+
+    def __init__(self, app: Any, config: Config) -> None:
+        self.app = app
+        self.config = config
+        self.worker_config = config.replace(workers=1, reuse_port=True)
+        self.pid = os.getpid()
+        self.slots = [_Slot(number) for number in range(1, config.workers + 1)]
+        self.stopping_since: float | None = None
+        self.clean = True
+        self._wakeup_read = -1
+        self._wakeup_write = -1
+
+    def run(self) -> bool:
+        """Supervise until SIGINT or SIGTERM; whether every worker then stopped cleanly."""
+        self._wakeup_read, self._wakeup_write = os.pipe()
+        os.set_blocking(self._wakeup_read, False)
+        os.set_blocking(self._wakeup_write, False)
+        previous_handlers = {signum: signal.getsignal(signum) for signum in SUPERVISOR_SIGNALS}
+        previous_wakeup = signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        try:
+            for signum in SUPERVISOR_SIGNALS:
+                signal.signal(signum, _record_only)
+            logger.info("Started supervisor (pid %d) for %d workers", self.pid, len(self.slots))
+            for slot in self.slots:
+                self._start(slot)
+            while self.stopping_since is None or self._live():
+                self._wait_for_event()
+                self._reap()
+                self._restart_due()
+                self._enforce_deadline()
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            os.close(self._wakeup_read)
+            os.close(self._wakeup_write)
+        if self.clean:
+            logger.info("Stopped all workers")
+        return self.clean
+
+    def _live(self) -> list[_Slot]:
+        return [slot for slot in self.slots if slot.pid is not None]
+
+    # ---- waiting ----
+
+    def _wait_for_event(self) -> None:
+        timers = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        if self.stopping_since is not None:
+            timers.append(self._deadline())
+        timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
+        readable, _, _ = select.select([self._wakeup_read], [], [], timeout)
+        if not readable:
+            return
+        try:
+            received = os.read(self._wakeup_read, 512)
+        except BlockingIOError:
+            return
+        for signum in received:
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                self._stop(signal.Signals(signum).name)
+
+    def _stop(self, reason: str) -> None:
+        if self.stopping_since is not None:
+            logger.info("Received %s again; still waiting for the workers to stop", reason)
+            return
+        self.stopping_since = time.monotonic()
+        live = self._live()
+        logger.info(
+            "Received %s; stopping the workers (pids %s)",
+            reason,
+            ", ".join(str(slot.pid) for slot in live),
+        )
+        for slot in self.slots:
+            slot.restart_at = None
+        for slot in live:
+            self._signal(slot, signal.SIGTERM)
+
+    def _deadline(self) -> float:
+        assert self.stopping_since is not None
+        return self.stopping_since + self.config.graceful_shutdown_timeout + SHUTDOWN_MARGIN
+
+    def _enforce_deadline(self) -> None:
+        if self.stopping_since is None or time.monotonic() < self._deadline():
+            return
+        for slot in self._live():
+            logger.warning(
+                "Worker %d (pid %d) still running %.1f s after SIGTERM; killing it",
+                slot.number,
+                slot.pid,
+                time.monotonic() - self.stopping_since,
+            )
+            self._signal(slot, signal.SIGKILL)
+            assert slot.pid is not None
+            _, status = os.waitpid(slot.pid, 0)
+            self._died(slot, status)
+
+    @staticmethod
+    def _signal(slot: _Slot, signum: int) -> None:
+        # The pid is still ours: it is only ever reaped by _reap or _enforce_deadline, which
+        # clear slot.pid, so it cannot have been reused by another process.
+        assert slot.pid is not None
+        try:
+            os.kill(slot.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    # ---- deaths and restarts ----
+
+    def _reap(self) -> None:
+        for slot in self._live():
+            assert slot.pid is not None
+            try:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: the status is lost
+                pid, status = slot.pid, None
+            if pid:
+                self._died(slot, status)
+
+    def _died(self, slot: _Slot, status: int | None) -> None:
+        pid, lived = slot.pid, time.monotonic() - slot.started_at
+        slot.pid = None
+        outcome = describe_status(status)
+        if self.stopping_since is not None:
+            if status is not None and _stopped_as_asked(status):
+                logger.debug("Worker %d (pid %d) stopped", slot.number, pid)
+            else:
+                self.clean = False
+                logger.error("Worker %d (pid %d) %s while stopping", slot.number, pid, outcome)
+            return
+        if lived >= STABLE_LIFETIME:
+            slot.quick_deaths = 0
+            logger.error(
+                "Worker %d (pid %d) %s after %.1f s; starting a new one",
+                slot.number,
+                pid,
+                outcome,
+                lived,
+            )
+            self._start(slot)
+        else:
+            delay = self._delay_restart(slot)
+            logger.error(
+                "Worker %d (pid %d) %s after %.1f s; starting a new one in %.1f s "
+                "(quick deaths in a row: %d)",
+                slot.number,
+                pid,
+                outcome,
+                lived,
+                delay,
+                slot.quick_deaths,
+            )
+
+    @staticmethod
+    def _delay_restart(slot: _Slot) -> float:
+        slot.quick_deaths += 1
+        delay = min(RESTART_DELAY_FIRST * 2.0 ** (slot.quick_deaths - 1), RESTART_DELAY_MAX)
+        slot.restart_at = time.monotonic() + delay
+        return delay
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.restart_at <= now:
+                slot.restart_at = None
+                self._start(slot)
+
+    # ---- forking ----
+
+    def _start(self, slot: _Slot) -> None:
+        # Blocked until each side has its own handlers: a signal meant for the supervisor
+        # that arrives in the child meanwhile is left pending and then gets the worker's.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(slot, blocked)
+        except OSError as error:
+            delay = self._delay_restart(slot)
+            logger.error(
+                "Could not start worker %d (%s); trying again in %.1f s", slot.number, error, delay
+            )
+            return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        slot.pid, slot.started_at = pid, time.monotonic()
+        logger.info("Started worker %d (pid %d)", slot.number, pid)
+
+    def _become_worker(self, slot: _Slot, mask: Iterable[int]) -> NoReturn:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wakeup_read)
+            os.close(self._wakeup_write)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _follow_supervisor(self.pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            serve(self.app, self.worker_config)
+            code = 0
+        except SystemExit as exit_:
+            code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+        except KeyboardInterrupt:
+            # Ctrl-C pressed twice: die by SIGINT, as an interrupted program should.
+            _flush_output()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:
+            logger.exception("Worker %d (pid %d) failed", slot.number, os.getpid())
+        finally:
+            _flush_output()
+            os._exit(code)
+
+
+def _stopped_as_asked(status: int) -> bool:
+    """Exit code 0, or death by the SIGTERM passed on (or Ctrl-C's SIGINT) before the
+    worker's own handlers were in place."""
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) in (signal.SIGTERM, signal.SIGINT)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _record_only(signum: int, frame: Any) -> None:
+    """The supervisor's handler: the wakeup fd has recorded the signal; the loop acts."""
+
+
+def _follow_supervisor(supervisor_pid: int) -> None:
+    """Make this worker receive SIGTERM (a graceful shutdown) when the supervisor dies.
+
+    PR_SET_PDEATHSIG is the kernel's own notice of the parent's death: it arrives however
+    the supervisor died, SIGKILL included, and needs neither a thread nor a descriptor in
+    the worker nor any help from the server's event loop, which a pipe's EOF would. It is
+    Linux-only, as the engine is (eventfd). It fires when the thread that forked the worker
+    ends, which here is the supervisor's main thread, so at the supervisor's exit. Should
+    the supervisor have died between fork and prctl, the worker's parent is no longer it,
+    and the worker leaves at once.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        logger.warning(
+            "prctl(PR_SET_PDEATHSIG) failed (%s): this worker will outlive its supervisor",
+            os.strerror(error),
+        )
+    if os.getppid() != supervisor_pid:
+        logger.error(
+            "Supervisor (pid %d) exited before worker %d started", supervisor_pid, os.getpid()
+        )
+        raise SystemExit(1)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
