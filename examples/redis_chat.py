@@ -25,7 +25,9 @@ html = """<!DOCTYPE html>
     <head><title>Chat</title></head>
     <body>
         <h1>Room <span id="room"></span>, you are #<span id="me"></span></h1>
-        <form onsubmit="say(event)"><input id="text" autocomplete="off"/><button>Send</button></form>
+        <form onsubmit="say(event)">
+            <input id="text" autocomplete="off"/><button>Send</button>
+        </form>
         <ul id="messages"></ul>
         <script>
             const room = location.hash.slice(1) || "lobby";

@@ -167,7 +167,7 @@ impl Envelope {
                 room,
             },
             5 => {
-                if rest.len() % 8 != 0 {
+                if !rest.len().is_multiple_of(8) {
                     return Err(Malformed("reply is not a whole number of u64s"));
                 }
                 Body::Reply {

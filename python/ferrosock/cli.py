@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     args = vars(build_parser().parse_args(argv))
     args.pop("command")
     app = import_app(args.pop("app"), args.pop("app_dir"))
-    from .server import run
+    from .server import check_settings, run
 
+    try:
+        check_settings(Config.from_settings(getattr(app, "settings", {}), args))
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
     run(app, **args)

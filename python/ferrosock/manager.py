@@ -118,9 +118,7 @@ class ConnectionManager:
         self._registry.remove(websocket._connection)
         self._sockets.pop(websocket.id, None)
 
-    async def send_personal_message(
-        self, message: str | bytes, websocket: WebSocket | int
-    ) -> None:
+    async def send_personal_message(self, message: str | bytes, websocket: WebSocket | int) -> None:
         """Send to one socket: a ``WebSocket``, or the ``id`` of a member on any process."""
         if isinstance(websocket, int):
             await self.send_to(websocket, message)
@@ -219,7 +217,10 @@ class ConnectionManager:
 
     def on_backend_reconnect(self, hook: ReconnectHook) -> ReconnectHook:
         """Run ``await hook()`` each time the backend is connected again after losing
-        Redis (messages published meanwhile were lost: resync here). A decorator too."""
+        Redis. Messages published meanwhile waited in the publish queue, but those past
+        ``broadcast_publish_limit``, those in flight when the connection broke and those
+        other processes published while this one was away are lost: resync here.
+        Usable as a decorator."""
         self._backend.reconnect_hook = hook
         return hook
 
@@ -404,4 +405,3 @@ def ids_of(manager: ConnectionManager, room: str | None) -> list[int]:
     if room is not None:
         return manager.members(room)
     return [ws.id for ws in manager.active_connections]
-

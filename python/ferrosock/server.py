@@ -17,7 +17,7 @@ from typing import Any
 from . import _engine
 from .config import Config
 from .exceptions import WebSocketDisconnect, WebSocketException
-from .manager import configure_backends, stop_backends
+from .manager import BackendSettings, configure_backends, stop_backends
 from .requests import Request
 from .responses import PlainTextResponse, Response
 from .websockets import WebSocket, WebSocketState
@@ -216,10 +216,16 @@ class _signals_handled:
             self.loop.remove_signal_handler(sig)
 
 
+def check_settings(config: Config) -> None:
+    """Fail before anything starts when a setting has a bad value (ValueError naming it)."""
+    BackendSettings.from_config(config)
+
+
 def run(app: Any, **settings: Any) -> None:
     """Serve ``app`` until interrupted: ``ferrosock.run(app, host="0.0.0.0", port=8000)``.
     Settings given here win over those given to ``App(...)``."""
     from .process import main_process
 
     config = Config.from_settings(getattr(app, "settings", {}), settings)
+    check_settings(config)
     main_process(app, config)
