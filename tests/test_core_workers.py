@@ -96,7 +96,7 @@ async def test_a_killed_worker_is_logged_and_replaced_while_clients_echo(procs):
     try:
         await wait_for_listeners(server, WORKERS)
         victim, survivor = live_workers(server, procs)
-        await asyncio.sleep(0.3)  # some echoes before the kill
+        await probe.attempted(5, since=0.0, timeout=10.0)  # echoes before the kill
 
         killed_at = time.monotonic()
         assert victim.running()
@@ -104,23 +104,22 @@ async def test_a_killed_worker_is_logged_and_replaced_while_clients_echo(procs):
         death = await server.stderr_line(lambda line: f"(pid {victim.pid}) was" in line, 5.0)
         death_seen = time.monotonic()
         assert re.search(rf"Worker \d \(pid {victim.pid}\) was killed by SIGKILL", death), death
+        await echo_once(port, "while a worker is missing")
         # The replacement takes the victim's place and listens too.
         await wait_for_listeners(server, WORKERS + 1)
         replaced_at = time.monotonic()
         replacement, still_there = live_workers(server, procs)
         assert replacement.pid != victim.pid and still_there == survivor, server.output()
         assert not victim.running()
-        await asyncio.sleep(0.3)  # some echoes with the replacement in place
+        await probe.attempted(5, since=replaced_at, timeout=10.0)  # echoes after it
         probe.stop()
         await asyncio.wait_for(probing, 15)
 
         failed = [a for a in probe.attempts if a.error is not None]
-        # Only a connection caught in the dying worker's accept queue may fail; every one
-        # begun once its death was logged must succeed, with the survivor alone and after.
+        # Only a connection to the dying worker (open, or in its accept queue) may fail;
+        # every one begun once its death was logged succeeds, on the survivor or after.
         assert all(a.started < death_seen for a in failed), failed
-        assert len(probe.between(0, killed_at)) >= 3, probe.attempts
-        assert len(probe.between(death_seen, replaced_at)) >= 1, probe.attempts
-        assert len(probe.between(replaced_at)) >= 3, probe.attempts
+        assert not [a for a in probe.between(0, killed_at) if a.error], probe.attempts
 
         # A worker that died and was replaced does not make the shutdown unclean.
         server.send_signal(signal.SIGTERM)

@@ -125,6 +125,13 @@ class EchoProbe:
     def between(self, start: float, end: float = float("inf")) -> list[Attempt]:
         return [attempt for attempt in self.attempts if start <= attempt.started < end]
 
+    async def attempted(self, count: int, since: float, timeout: float) -> None:
+        """Until ``count`` attempts have begun at ``since`` or later."""
+        deadline = time.monotonic() + timeout
+        while len(self.between(since)) < count:
+            assert time.monotonic() < deadline, f"{count} attempts not made: {self.attempts}"
+            await asyncio.sleep(0.02)
+
 
 # ``worker_support:app``: echoes on /echo like examples.echo, and its shutdown never ends,
 # so a worker asked to stop has to be killed.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .config import Config
+from .manager import partitioned_managers
 from .server import Server
 
 logger = logging.getLogger("ferrosock.error")
@@ -74,6 +75,15 @@ def main_process(app: Any, config: Config) -> None:
     if config.workers <= 1:
         serve(app, config)
         return
+    partitioned = partitioned_managers(config)
+    if partitioned:
+        logger.warning(
+            "%d worker processes with %d native ConnectionManager(s) and no "
+            "--broadcast-backend: each worker's manager reaches only the sockets of that "
+            "worker (broadcasts, send_to, members and counts are partitioned)",
+            config.workers,
+            partitioned,
+        )
     if not Supervisor(app, config).run():
         sys.exit(1)
 
@@ -133,6 +143,11 @@ class Supervisor:
     ``signal.set_wakeup_fd``: every SIGCHLD, SIGINT and SIGTERM writes its number there, so
     the loop wakes for each death and each request to stop, and at the next timer (a
     delayed restart, the shutdown deadline) otherwise.
+
+    Workers are made with a plain ``os.fork`` (the app object is inherited, as with
+    multiprocessing's fork context): the supervisor needs the raw ``waitpid`` status of
+    each, a signal mask held across the fork, and the worker's first steps taken before any
+    other code runs in it, none of which ``multiprocessing.Process`` gives directly.
     """
 
     def __init__(self, app: Any, config: Config) -> None:
