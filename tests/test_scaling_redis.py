@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -366,3 +367,102 @@ async def test_redis_chat_example_across_two_processes(start_server, redis):
 
 async def _backend_connected(server) -> bool:
     return "connected (manager" in server.output()
+
+
+def _make_certificates(directory) -> tuple[str, str, str]:
+    """A CA and a server certificate for 127.0.0.1 signed by it, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    subject = ("-subj", "/CN=ferrosock test CA")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        *subject,
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    )
+    return str(directory / "ca.crt"), str(directory / "server.crt"), str(directory / "server.key")
+
+
+async def test_rediss_carries_broadcasts_over_tls(start_server, tmp_path, monkeypatch):
+    ca, certificate, key = _make_certificates(tmp_path)
+    tls_port = free_port()
+    redis = RedisServer(
+        None,
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        certificate,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        ca,
+        "--tls-auth-clients",
+        "no",
+    ).start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", ca)  # the engine trusts the system's CAs and this
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        servers = [start_server("apps.cluster:app", "--broadcast-backend", url) for _ in range(2)]
+        for server in servers:
+            await until(lambda s=server: _state_is(s, "connected"), 10, "connecting over TLS")
+        sender, _ = await member(servers[0])
+        far, _ = await member(servers[1])
+        await command(sender, broadcast="over tls")
+        assert await far.recv() == "over tls"
+    finally:
+        redis.stop()
+
+
+def test_workers_without_a_backend_warn_that_managers_are_partitioned(start_server):
+    server = start_server("apps.cluster:app", "--port", str(free_port()), "--workers", "2")
+    line = server.wait_for_stderr(lambda line: "partitioned" in line, 10)
+    assert "WARNING" in line and "--broadcast-backend" in line
+
+
+def test_workers_without_a_manager_do_not_warn(start_server):
+    port = free_port()
+    server = start_server("examples.echo:app", "--port", str(port), "--workers", "2", cwd=REPO_DIR)
+    server.wait_for_stderr(lambda line: server.output().count("running on") >= 2, 10)
+    assert "partitioned" not in server.output()
