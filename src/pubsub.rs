@@ -11,7 +11,7 @@
 //! names the registry that owns it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -146,6 +146,8 @@ pub struct Link {
     pub notices: Bridge<Notice>,
     local: Mutex<Option<Weak<dyn LocalMembers>>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The server refused the tag claims once (logged once).
+    claims_refused: AtomicBool,
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
@@ -196,6 +198,7 @@ impl Link {
             notices: Bridge::new().map_err(|e| format!("cannot make an eventfd: {e}"))?,
             local: Mutex::new(None),
             task: Mutex::new(None),
+            claims_refused: AtomicBool::new(false),
         })
     }
 
@@ -563,50 +566,64 @@ impl Link {
         reason
     }
 
-    /// Claim this process's node tags in Redis; a tag held by another process is given up
-    /// for a new one. True when the tags changed.
+    /// Claim this process's node tags in Redis; when the newest is held by another
+    /// process, new ids move to a fresh tag. True when the tags changed. A server that
+    /// refuses the keys (ACLs, a cluster node redirecting) only loses the collision check.
     async fn claim_tags(&self, conn: &mut MultiplexedConnection) -> Result<bool, String> {
-        let instance = node::instance().to_string();
         let mut changed = false;
-        let mut tags = node::tags();
-        while let Some(tag) = tags.pop() {
-            let key = self.claim_key(tag);
-            let claimed: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&instance)
-                .arg("NX")
-                .arg("EX")
-                .arg(CLAIM_TTL_SECONDS)
-                .query_async(conn)
-                .await
-                .map_err(|e| format!("claiming the node tag failed: {e}"))?;
-            if claimed.is_some() {
-                continue;
-            }
-            let holder: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if holder.as_deref() == Some(instance.as_str()) {
-                let _: () = redis::cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(CLAIM_TTL_SECONDS)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            } else if tags.is_empty() {
-                // The newest tag is taken: new connections get a fresh one.
+        let mut pending = node::tags();
+        while let Some(tag) = pending.pop() {
+            let ours = match self.claim(conn, tag).await {
+                Ok(ours) => ours,
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    return Err(format!("claiming node tag {tag} failed: {e}"));
+                }
+                Err(e) => {
+                    if !self.claims_refused.swap(true, Ordering::Relaxed) {
+                        let why = format!("node tags are not checked for collisions: {e}");
+                        self.log(LOG_WARNING, why);
+                    }
+                    return Ok(changed);
+                }
+            };
+            if !ours && node::tag() == tag {
                 let fresh = node::abandon(tag);
                 self.log(
                     LOG_WARNING,
                     format!("node tag {tag} is held by another process; new ids use {fresh}"),
                 );
-                tags.push(fresh);
+                pending.push(fresh);
                 changed = true;
             }
         }
         Ok(changed)
+    }
+
+    /// Claim or renew one tag; false when another process holds it.
+    async fn claim(&self, conn: &mut MultiplexedConnection, tag: u32) -> redis::RedisResult<bool> {
+        let key = self.claim_key(tag);
+        let instance = node::instance().to_string();
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&instance)
+            .arg("NX")
+            .arg("EX")
+            .arg(CLAIM_TTL_SECONDS)
+            .query_async(conn)
+            .await?;
+        if claimed.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+        if holder.as_deref() != Some(instance.as_str()) {
+            return Ok(false);
+        }
+        let _: () = redis::cmd("EXPIRE")
+            .arg(&key)
+            .arg(CLAIM_TTL_SECONDS)
+            .query_async(conn)
+            .await?;
+        Ok(true)
     }
 
     /// Subscribe to what should be and unsubscribe from rooms released long enough ago.
