@@ -216,11 +216,11 @@ class Supervisor:
             return
         self.stopping_since = time.monotonic()
         live = self._live()
-        logger.info(
-            "Received %s; stopping the workers (pids %s)",
-            reason,
-            ", ".join(str(slot.pid) for slot in live),
-        )
+        if live:
+            pids = ", ".join(str(slot.pid) for slot in live)
+            logger.info("Received %s; stopping the workers (pids %s)", reason, pids)
+        else:
+            logger.info("Received %s; no worker is running, and none will be started", reason)
         for slot in self.slots:
             slot.restart_at = None
         for slot in live:
@@ -350,7 +350,10 @@ class Supervisor:
             serve(self.app, self.worker_config)
             code = 0
         except SystemExit as exit_:
-            code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+            if exit_.code is None or isinstance(exit_.code, int):
+                code = exit_.code or 0
+            else:  # sys.exit("message"), which Python would print
+                logger.error("Worker %d (pid %d): %s", slot.number, os.getpid(), exit_.code)
         except KeyboardInterrupt:
             # Ctrl-C pressed twice: die by SIGINT, as an interrupted program should.
             _flush_output()
