@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -466,3 +467,33 @@ def test_workers_without_a_manager_do_not_warn(start_server):
     server = start_server("examples.echo:app", "--port", str(port), "--workers", "2", cwd=REPO_DIR)
     server.wait_for_stderr(lambda line: server.output().count("running on") >= 2, 10)
     assert "partitioned" not in server.output()
+
+
+async def test_cluster_queries_fail_clearly_when_a_process_or_redis_is_gone(cluster, redis):
+    a, b = cluster
+    asker, _ = await member(a)
+    await member(b)
+    b.send_signal(signal.SIGSTOP)  # b is subscribed but cannot answer
+    try:
+        await command(asker, count=None)
+        answer = await reply(asker)
+        assert answer["error"] == "TimeoutError" and "0 of 1" in answer["why"]
+    finally:
+        b.send_signal(signal.SIGCONT)
+    redis.kill()
+    await until(lambda: _state_is(a, "down"), 5, "noticing Redis is gone")
+    await command(asker, members=None)
+    answer = await reply(asker)
+    assert answer["error"] == "ConnectionError" and "down" in answer["why"]
+
+
+async def test_two_managers_with_one_name_on_one_backend_are_refused(redis):
+    from ferrosock import ConnectionManager
+    from ferrosock.config import Config
+    from ferrosock.manager import configure_backends
+
+    first = ConnectionManager(backend=redis.url, name="twin")
+    second = ConnectionManager(backend=redis.url, name="twin")
+    with pytest.raises(ValueError, match="two ConnectionManagers named 'twin'"):
+        configure_backends(Config(), asyncio.get_running_loop())
+    del first, second
