@@ -497,3 +497,30 @@ async def test_two_managers_with_one_name_on_one_backend_are_refused(redis):
     with pytest.raises(ValueError, match="two ConnectionManagers named 'twin'"):
         configure_backends(Config(), asyncio.get_running_loop())
     del first, second
+
+
+def _subscribers(redis, channel: str) -> int:
+    """PUBSUB NUMSUB's count for one channel, from its raw RESP reply."""
+    reply = redis.command("PUBSUB", "NUMSUB", channel).split(b"\r\n")
+    return int(reply[-2].lstrip(b":"))
+
+
+async def test_a_room_is_subscribed_while_it_has_local_members_without_churn(cluster, redis):
+    a, _ = cluster
+    channel = "ferrosock:default:room:churn"
+    assert _subscribers(redis, channel) == 0
+    first, _ = await member(a, "churn")
+    await until(lambda: _async(_subscribers(redis, channel) == 1), 5, "subscribing the room")
+    # Members coming and going quickly keep the one subscription.
+    for _ in range(5):
+        await first.close()
+        first, _ = await member(a, "churn")
+        assert _subscribers(redis, channel) == 1
+    await first.close()
+    await asyncio.sleep(1.0)
+    assert _subscribers(redis, channel) == 1, "unsubscribed before the linger time"
+    await until(lambda: _async(_subscribers(redis, channel) == 0), 5, "unsubscribing the room")
+
+
+async def _async(value):
+    return value
