@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 import types
 import typing
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import Config
 
@@ -23,13 +24,36 @@ def _converter(hint: Any) -> tuple[Any, str | None]:
     if typing.get_origin(base) is list:
         return (lambda text: [part.strip() for part in text.split(",") if part.strip()]), None
     if base is bool:
-        return None, "store_true"
+        return None, "boolean"
     return base, None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line naming the flag (no usage block): ``ferrosock run: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _help(text: str, default: Any) -> str:
+    """The field's help with its default said once (some helps already say it)."""
+    if "default" in text:
+        return text
+    shown = "none" if default is None else default
+    return f"{text} (default: {shown})"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ferrosock")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferrosock", description="Run a ferrosock app.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ferrosock", description="Run a ferrosock app.")
+    parser.add_argument("--version", action="version", version=f"ferrosock {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="serve an app: ferrosock run module:app")
     run.add_argument("app", help="the app as module:attribute, e.g. examples.chat:app")
     run.add_argument("--app-dir", default=".", help="directory to import the app from (default: .)")
@@ -40,17 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         options: dict[str, Any] = {
             "dest": field.name,
             "default": argparse.SUPPRESS,
-            "help": f"{field.metadata.get('help', '')} (default: {field.default})",
+            "help": _help(field.metadata.get("help", ""), field.default),
         }
-        if action:
-            run.add_argument(flag, action=action, **options)
-            run.add_argument(
-                "--no-" + field.name.replace("_", "-"),
-                dest=field.name,
-                action="store_false",
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
+        if action == "boolean":
+            run.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         else:
             run.add_argument(flag, type=convert, **options)
     return parser
