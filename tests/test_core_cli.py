@@ -61,3 +61,14 @@ def test_version_prints_the_package_version():
     result = _cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"ferrosock {version('ferrosock')}"
+
+
+def test_the_settings_reference_is_in_step_with_config():
+    from ferrosock.config import settings_reference
+
+    path = REPO_DIR / "docs" / "settings.md"
+    assert path.read_text() == settings_reference(), (
+        "docs/settings.md is stale: regenerate it with "
+        "python -c \"from ferrosock.config import settings_reference as s; print(s(), end='')\""
+        " > docs/settings.md"
+    )

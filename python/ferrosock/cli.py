@@ -15,7 +15,7 @@ import typing
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from .config import Config
+from .config import Config, load_env_file
 
 
 def _converter(hint: Any) -> tuple[Any, str | None]:
@@ -96,11 +96,14 @@ def import_app(reference: str, app_dir: str = ".") -> Any:
 def main(argv: list[str] | None = None) -> None:
     args = vars(build_parser().parse_args(argv))
     args.pop("command")
-    app = import_app(args.pop("app"), args.pop("app_dir"))
     from .server import check_settings, run
 
     try:
-        check_settings(Config.from_settings(getattr(app, "settings", {}), args))
+        if args.get("env_file"):
+            load_env_file(args["env_file"])  # before the app's module reads its environment
+        app = import_app(args.pop("app"), args.pop("app_dir"))
+        if not args.get("factory"):
+            check_settings(Config.from_settings(getattr(app, "settings", {}), args))
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     run(app, **args)

@@ -55,6 +55,17 @@ class Config:
         default=5.0, metadata={"help": "seconds a closing handshake may take"}
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
+    log_config: str | None = field(
+        default=None,
+        metadata={"help": "logging configuration file: JSON or YAML (dictConfig) or INI"},
+    )
+    env_file: str | None = field(
+        default=None,
+        metadata={"help": "file of KEY=VALUE lines put into the environment before the app loads"},
+    )
+    factory: bool = field(
+        default=False, metadata={"help": "the app given is a function that returns the app"}
+    )
     access_log: bool = field(default=True, metadata={"help": "log each request and accept"})
     loop: str = field(default="auto", metadata={"help": "auto, asyncio or uvloop"})
     reuse_port: bool = field(
@@ -85,11 +96,7 @@ class Config:
         """Build from keyword layers, later ones winning, over the environment variables
         some fields name (``FERROSOCK_BROADCAST_BACKEND``); unknown names are an error."""
         names = {f.name for f in fields(cls)}
-        merged: dict[str, Any] = {
-            f.name: os.environ[f.metadata["env"]]
-            for f in fields(cls)
-            if "env" in f.metadata and os.environ.get(f.metadata["env"])
-        }
+        given: dict[str, Any] = {}
         for layer in layers:
             unknown = sorted(set(layer) - names)
             if unknown:
@@ -97,8 +104,15 @@ class Config:
                     f"unknown server setting(s): {', '.join(unknown)}; "
                     f"known: {', '.join(sorted(names))}"
                 )
-            merged.update(layer)
-        return cls(**merged)
+            given.update(layer)
+        if given.get("env_file"):
+            load_env_file(given["env_file"])
+        from_environment = {
+            f.name: os.environ[f.metadata["env"]]
+            for f in fields(cls)
+            if "env" in f.metadata and os.environ.get(f.metadata["env"])
+        }
+        return cls(**{**from_environment, **given})
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The settings the Rust engine takes."""
@@ -121,6 +135,54 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def settings_reference() -> str:
+    """``docs/settings.md``, made from the fields above (a test keeps the file in step)."""
+    lines = [
+        "# Settings",
+        "",
+        "Each setting is a keyword of `App(...)` and `ferrosock.run(...)` and a flag of",
+        "`ferrosock run`; booleans also have a `--no-` flag. Generated from `Config`",
+        "(`python/ferrosock/config.py`) by `ferrosock.config.settings_reference()`.",
+        "",
+        "| setting | flag | default | what it does |",
+        "| --- | --- | --- | --- |",
+    ]
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            flag += f" / --no-{f.name.replace('_', '-')}"
+        what = f.metadata.get("help", "")
+        if "env" in f.metadata:
+            what += f"; also the environment variable `{f.metadata['env']}`"
+        default = "none" if f.default is None else f"`{f.default!r}`"
+        lines.append(f"| `{f.name}` | `{flag}` | {default} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_env_file(path: str) -> None:
+    """Put a file's ``KEY=VALUE`` lines into ``os.environ`` (``export`` prefixes, ``#``
+    comments and quotes allowed); variables already set are kept, as python-dotenv does."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as error:
+        raise ValueError(f"env_file: cannot read {path}: {error.strerror}") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        name, equals, value = line.partition("=")
+        name = name.strip()
+        if not equals or not name.replace("_", "a").isalnum():
+            raise ValueError(f"env_file: {path} line {number} is not KEY=VALUE: {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        os.environ.setdefault(name, value)
 
 
 def _available_cpus() -> int:

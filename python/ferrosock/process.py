@@ -15,41 +15,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .config import Config
+from .logs import configure_logging
 from .manager import partitioned_managers
 from .server import Server
 
 logger = logging.getLogger("ferrosock.error")
-
-LOG_LEVELS = {
-    "critical": logging.CRITICAL,
-    "error": logging.ERROR,
-    "warning": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-}
-
-
-class _LevelPrefixFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"{record.levelname}:".ljust(10)
-        return prefix + super().format(record)
-
-
-def configure_logging(level: str) -> None:
-    """uvicorn-like lines on stderr: ``INFO:     message``."""
-    try:
-        numeric = LOG_LEVELS[level.lower()]
-    except KeyError:
-        raise ValueError(
-            f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}"
-        ) from None
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LevelPrefixFormatter())
-    for name in ("ferrosock", "ferrosock.error", "ferrosock.access"):
-        log = logging.getLogger(name)
-        log.handlers = [handler] if name == "ferrosock" else []
-        log.setLevel(numeric)
-        log.propagate = name != "ferrosock"
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -71,7 +41,7 @@ def serve(app: Any, config: Config) -> None:
 
 
 def main_process(app: Any, config: Config) -> None:
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_config)
     if config.workers <= 1:
         serve(app, config)
         return

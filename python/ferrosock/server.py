@@ -17,6 +17,7 @@ from typing import Any
 from . import _engine
 from .config import Config
 from .exceptions import WebSocketDisconnect, WebSocketException
+from .logs import log_level_number, read_log_config
 from .manager import BackendSettings, configure_backends, stop_backends
 from .requests import Request
 from .responses import PlainTextResponse, Response
@@ -219,13 +220,24 @@ class _signals_handled:
 def check_settings(config: Config) -> None:
     """Fail before anything starts when a setting has a bad value (ValueError naming it)."""
     BackendSettings.from_config(config)
+    log_level_number(config.log_level)
+    if config.log_config is not None:
+        read_log_config(config.log_config)
+    if config.loop not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
 
 
 def run(app: Any, **settings: Any) -> None:
     """Serve ``app`` until interrupted: ``ferrosock.run(app, host="0.0.0.0", port=8000)``.
-    Settings given here win over those given to ``App(...)``."""
+    Settings given here win over those given to ``App(...)``. With ``factory=True``,
+    ``app`` is called (with no arguments) for the app to serve."""
     from .process import main_process
 
     config = Config.from_settings(getattr(app, "settings", {}), settings)
+    if config.factory:
+        if not callable(app):
+            raise ValueError(f"factory: {app!r} is not callable")
+        app = app()
+        config = Config.from_settings(getattr(app, "settings", {}), settings)
     check_settings(config)
     main_process(app, config)

@@ -1,0 +1,29 @@
+"""Apps for the deployment flags: ``--factory`` (``create_app``) and ``--env-file``
+(``GREETING`` is read when the module is imported)."""
+
+import os
+
+from ferrosock import App, WebSocket
+
+GREETING = os.environ.get("GREETING", "unset")
+
+app = App()
+
+
+@app.websocket("/greeting")
+async def greeting(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_text(GREETING)
+    await websocket.close()
+
+
+def create_app() -> App:
+    made = App()
+
+    @made.websocket("/made")
+    async def made_by_factory(websocket: WebSocket):
+        await websocket.accept()
+        await websocket.send_text("made by the factory")
+        await websocket.close()
+
+    return made
