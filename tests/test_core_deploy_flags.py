@@ -85,3 +85,19 @@ def test_env_file_settings_and_bad_files_fail_at_startup_naming_the_setting(tmp_
     result = _run("apps.deploy:app", "--log-level", "loud")
     assert result.returncode != 0 and "log_level" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_open_files_limit_is_raised_to_the_hard_limit_and_logged(start_server):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        server = start_server("apps.deploy:app")  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    line = server.wait_for_stderr(lambda line: "Open files limit" in line, TIMEOUT)
+    assert f"limit: {hard}" in line or hard == resource.RLIM_INFINITY
+    with open(f"/proc/{server.pid}/limits") as limits:
+        row = next(r for r in limits if r.startswith("Max open files"))
+    assert int(row.split()[3]) == hard

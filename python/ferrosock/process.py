@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -40,8 +41,27 @@ def serve(app: Any, config: Config) -> None:
         runner.run(Server(app, config).serve())
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit, as Go's runtime does: with
+    the common soft default of 1024, a thousand idle connections lock every new client
+    out. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as error:
+            logger.warning("Could not raise the open-files limit above %d: %s", soft, error)
+    return soft
+
+
 def main_process(app: Any, config: Config) -> None:
     configure_logging(config.log_level, config.log_config)
+    logger.info(
+        "Open files limit: %d (about that many connections per process)", raise_open_files_limit()
+    )
     if config.workers <= 1:
         serve(app, config)
         return
