@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
+
+ExceptionHandler = Callable[[Any, Any], Any]
+ExceptionHandlers = Mapping[Any, ExceptionHandler]
 
 
 class WebSocketDisconnect(Exception):
@@ -57,3 +62,43 @@ class RequestValidationError(Exception):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors)
         self.errors = errors
+
+
+class FastAPIError(RuntimeError):
+    """A misuse of the framework found when the app is built."""
+
+
+class DependencyScopeError(FastAPIError):
+    """A dependency depends on one whose scope ends before its own (FastAPI's)."""
+
+
+def lookup_exception_handler(
+    handlers: ExceptionHandlers, exc: BaseException
+) -> ExceptionHandler | None:
+    """The handler registered for ``exc``, as Starlette's ``ExceptionMiddleware`` finds it:
+    for an ``HTTPException`` its status code first, then the exception's classes from the
+    most specific. Handlers for ``Exception`` and 500 are for unexpected errors
+    (``server_error_handler``), not looked up here."""
+    if isinstance(exc, HTTPException):
+        handler = handlers.get(exc.status_code)
+        if handler is not None:
+            return handler
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        handler = handlers.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+def server_error_handler(handlers: ExceptionHandlers) -> ExceptionHandler | None:
+    """The handler for an unexpected exception: registered for 500 or ``Exception``."""
+    return handlers.get(500) or handlers.get(Exception)
+
+
+async def call_exception_handler(handler: ExceptionHandler, connection: Any, exc: Any) -> Any:
+    result = handler(connection, exc)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
