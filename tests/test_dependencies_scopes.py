@@ -9,7 +9,7 @@ import pytest
 from dependency_support import FakeHttpRequest, run
 
 from ferrosock import App, Depends, Request, WebSocket
-from ferrosock.exceptions import DependencyScopeError
+from ferrosock.exceptions import DependencyScopeError, HTTPException
 from ferrosock.testclient import TestClient
 
 current_user: contextvars.ContextVar[str] = contextvars.ContextVar("current_user")
@@ -86,6 +86,40 @@ def test_websocket_function_scope_ends_before_request_scope():
         with client.websocket_connect("/ws") as websocket:
             assert websocket.receive_json() == {"f": "f", "r": "r"}
     assert events[-3:] == ["endpoint", "function end", "request end"]
+
+
+def raise_after_yield():
+    yield
+    raise HTTPException(status_code=503, detail="clean-up failed")
+
+
+def test_function_scoped_clean_up_can_still_change_the_response():
+    app = App(dependencies=[Depends(raise_after_yield, scope="function")])
+
+    @app.get("/")
+    def endpoint():
+        return {"status": "ok"}
+
+    with TestClient(app) as client:
+        response = client.get("/")
+    assert (response.status_code, response.json()) == (503, {"detail": "clean-up failed"})
+
+
+def test_request_scoped_clean_up_runs_after_the_response_was_sent():
+    app = App(dependencies=[Depends(raise_after_yield, scope="request")])
+    responses = []
+
+    @app.get("/")
+    def endpoint():
+        return {"status": "ok"}
+
+    route = app.routes[0]
+    with pytest.raises(HTTPException):
+        run(route.handle(Request(FakeHttpRequest(), app), responses.append))
+    assert [(r.status_code, r.body) for r in responses] == [(200, b'{"status":"ok"}')]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
 def test_request_scoped_dependency_may_not_use_a_function_scoped_one():

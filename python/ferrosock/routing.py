@@ -217,16 +217,18 @@ class APIRoute:
             if not _converted_path_params(self.template, request):
                 respond(PlainTextResponse("Not Found", status_code=404))
                 return
+            responded = False
             try:
                 async with SolveContext(request) as ctx:
                     kwargs = await self.plan.solve_or_raise(ctx)
                     result = await self.plan.invoke(kwargs, ctx, None)
                     await ctx.end_function_scope()
                     respond(self._response_of(result))
-                    return
+                    responded = True
             except Exception as exc:
-                response = await _exception_response(request, exc)
-            respond(response)
+                if responded:
+                    raise  # a clean-up after the response failed: only the log can tell
+                respond(await _exception_response(request, exc))
         except Exception as exc:
             outcome = exc
             raise
