@@ -165,9 +165,20 @@ impl Connection {
         self.subprotocol.lock().clone()
     }
 
+    /// As Starlette's: a refused handshake (close before accept, a denial response) is
+    /// DISCONNECTED once its response is on its way.
     #[getter]
     fn application_state(&self) -> u8 {
-        self.state()
+        match self.state() {
+            RESPONSE => DISCONNECTED,
+            state => state,
+        }
+    }
+
+    /// The handshake was answered with an HTTP response instead of the upgrade.
+    #[getter]
+    fn refused(&self) -> bool {
+        self.state() == RESPONSE
     }
 
     #[getter]

@@ -4,7 +4,7 @@ the scope mapping and the state errors."""
 
 import pytest
 
-from ferrosock import App, WebSocket, WebSocketDisconnect
+from ferrosock import App, WebSocket, WebSocketDisconnect, WebSocketState
 from ferrosock.exceptions import WebSocketException
 from ferrosock.responses import JSONResponse, PlainTextResponse
 from ferrosock.testclient import TestClient, WebSocketDenialResponse
@@ -24,6 +24,11 @@ def semantics_app(seen: list) -> App:
     @app.websocket("/close-before-accept")
     async def close_before_accept(websocket: WebSocket):
         await websocket.close(code=4002, reason="go away")
+
+    @app.websocket("/state-after-refusal")
+    async def state_after_refusal(websocket: WebSocket):
+        await websocket.close(code=4000)
+        seen.append(websocket.application_state)
 
     @app.websocket("/refuse-with-exception")
     async def refuse_with_exception(websocket: WebSocket):
@@ -139,6 +144,13 @@ def test_exception_before_accept_without_raise_server_exceptions_is_a_failed_han
 def test_close_before_accept_reaches_the_test_with_its_code_and_reason(client):
     caught = refusal(client, "/close-before-accept")
     assert (caught.code, caught.reason) == (4002, "go away")
+
+
+def test_refused_handshake_leaves_the_application_state_disconnected(client, seen):
+    seen.clear()
+    assert refusal(client, "/state-after-refusal").code == 4000
+    client.get("/no-such-page")  # a round trip, by which the handler has run on
+    assert seen == [WebSocketState.DISCONNECTED]
 
 
 def test_websocket_exception_before_accept_reaches_the_test_with_its_code_and_reason(client):

@@ -80,7 +80,10 @@ class Connection:
         """Starlette's ``WebSocketState`` value: 0 connecting, 1 connected, 2 disconnected."""
     @property
     def application_state(self) -> int:
-        """0 connecting, 1 connected, 2 disconnected, 3 response (handshake refused)."""
+        """0 connecting, 1 connected, 2 disconnected (also once a handshake was refused)."""
+    @property
+    def refused(self) -> bool:
+        """The handshake was answered with an HTTP response instead of the upgrade."""
     @property
     def latency(self) -> float | None:
         """The last ping round-trip in seconds, once a pong has come back."""

@@ -167,7 +167,7 @@ class Server:
                 refusal.code,
                 refusal.reason or "(no reason)",
             )
-        elif connection.application_state == WebSocketState.RESPONSE.value:
+        elif connection.refused:
             status = refusal.status_code if refusal is not None else 500
             access_logger.info('%s:%d - "WebSocket %s" %d', host, port, connection.path, status)
         else:
