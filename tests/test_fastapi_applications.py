@@ -7,7 +7,12 @@ from dependency_support import run
 
 from ferrosock import App, FastAPI, WebSocketDisconnect
 from ferrosock.datastructures import State
-from ferrosock.exceptions import HTTPException, WebSocketException
+from ferrosock.exceptions import (
+    HTTPException,
+    RequestValidationError,
+    WebSocketException,
+    WebSocketRequestValidationError,
+)
 from ferrosock.requests import Request
 from ferrosock.responses import JSONResponse, PlainTextResponse
 from ferrosock.routing import APIRouter
@@ -182,3 +187,29 @@ def test_server_error_handler_answers_and_the_error_still_reaches_the_test():
 def test_exception_handler_key_must_be_an_exception_class_or_status():
     with pytest.raises(TypeError, match="exception class or an HTTP status code"):
         App(exception_handlers={"OutOfStock": lambda request, exc: None})
+
+
+def test_validation_error_handlers_get_fastapis_errors_for_http_and_websocket():
+    app = App()
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"where": [error["loc"] for error in exc.errors()]}, status_code=400)
+
+    @app.exception_handler(WebSocketRequestValidationError)
+    async def bad_handshake(websocket: WebSocket, exc: WebSocketRequestValidationError):
+        await websocket.close(code=4400, reason=exc.errors()[0]["type"])
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int): ...
+
+    @app.websocket("/ws/{room_id}")
+    async def room(websocket: WebSocket, room_id: int): ...
+
+    with TestClient(app) as client:
+        response = client.get("/items/x")
+        with pytest.raises(WebSocketDisconnect) as caught:
+            with client.websocket_connect("/ws/lobby"):
+                pytest.fail("accepted")  # pragma: no cover
+    assert (response.status_code, response.json()) == (400, {"where": [["path", "item_id"]]})
+    assert (caught.value.code, caught.value.reason) == (4400, "int_parsing")

@@ -56,12 +56,34 @@ class HTTPException(Exception):
         return f"{type(self).__name__}(status_code={self.status_code!r}, detail={self.detail!r})"
 
 
-class RequestValidationError(Exception):
-    """A request's parameters did not convert; HTTP answers 422, WebSocket refuses."""
+class ValidationException(Exception):
+    """Parameters that are missing or did not convert; ``errors()`` lists them in FastAPI's
+    shape (``type``, ``loc``, ``msg``, ``input``)."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors)
-        self.errors = errors
+        self._errors = errors
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self._errors
+
+    def __str__(self) -> str:
+        count = len(self._errors)
+        lines = [f"{count} validation error{'s' if count != 1 else ''}:"]
+        lines += [f"  {error}" for error in self._errors]
+        return "\n".join(lines)
+
+
+class RequestValidationError(ValidationException):
+    """An HTTP request's parameters did not convert: answered 422 by default."""
+
+    def __init__(self, errors: list[dict[str, Any]], *, body: Any = None) -> None:
+        super().__init__(errors)
+        self.body = body
+
+
+class WebSocketRequestValidationError(ValidationException):
+    """A handshake's parameters did not convert: refused with 1008 by default."""
 
 
 class FastAPIError(RuntimeError):

@@ -19,6 +19,7 @@ from ferrosock.exceptions import (
     HTTPException,
     RequestValidationError,
     WebSocketException,
+    WebSocketRequestValidationError,
     call_exception_handler,
     lookup_exception_handler,
 )
@@ -72,8 +73,9 @@ async def close_unless_closed(websocket: Any, code: int, reason: str | None = No
 
 class WebSocketRoute:
     """A WebSocket endpoint. Its parameters are solved from the handshake request before
-    the endpoint runs; a value that is missing or does not convert refuses the handshake
-    (``WebSocketException`` with 1008, as FastAPI). With ``connection_first`` the endpoint
+    the endpoint runs; a value that is missing or does not convert raises
+    ``WebSocketRequestValidationError``, which by default refuses the handshake with 1008,
+    as FastAPI. With ``connection_first`` the endpoint
     is called as ``endpoint(websocket)``, Starlette's contract."""
 
     kind: Literal["websocket"] = "websocket"
@@ -142,6 +144,9 @@ class WebSocketRoute:
                 await call_exception_handler(handler, websocket, exc)
             elif isinstance(exc, WebSocketException):
                 await close_unless_closed(websocket, exc.code, exc.reason)
+            elif isinstance(exc, WebSocketRequestValidationError):
+                reason = _close_reason(exc.errors())
+                await close_unless_closed(websocket, WS_1008_POLICY_VIOLATION, reason)
             else:
                 outcome = exc
                 raise
@@ -153,9 +158,7 @@ class WebSocketRoute:
             try:
                 kwargs = await self.plan.solve_or_raise(ctx)
             except RequestValidationError as exc:
-                raise WebSocketException(
-                    code=WS_1008_POLICY_VIOLATION, reason=_close_reason(exc.errors)
-                ) from exc
+                raise WebSocketRequestValidationError(exc.errors()) from exc
             await self.plan.invoke(kwargs, ctx, None)
             await ctx.end_function_scope()
 
@@ -264,7 +267,7 @@ async def _exception_response(request: Any, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _http_exception_response(exc)
     if isinstance(exc, RequestValidationError):
-        return JSONResponse({"detail": exc.errors}, status_code=422)
+        return JSONResponse({"detail": exc.errors()}, status_code=422)
     raise exc
 
 
