@@ -90,6 +90,12 @@ class _EndpointOutcomes:
         with self._finished:
             return self._contexts.pop(client[1], None)
 
+    def drop_context(self, port: int) -> None:
+        """The connection from ``port`` is over; a context no handler took (the engine
+        answered alone, as for an unknown path) is not kept."""
+        with self._finished:
+            self._contexts.pop(port, None)
+
     def forget(self, port: int) -> None:
         with self._finished:
             self._by_port.pop(port, None)
@@ -314,6 +320,7 @@ class TestClient:
             )
         finally:
             connection.close()
+        self._outcomes.drop_context(client_port)
         self._store_cookies(response.headers)
         failed = response.status_code >= 500
         self._raise_server_exception(client_port, wait=1.0 if failed else 0.0)
@@ -463,6 +470,7 @@ class WebSocketTestSession:
     ) -> None:
         self.close(1000)
         self._exit_stack.close()
+        self._client._outcomes.drop_context(self._client_port)
         if exc_type is None and not self._server_exception_seen:
             # Wait for the endpoint to finish, to raise what it let escape (Starlette does).
             self._client._raise_server_exception(self._client_port, wait=self._client.timeout)
