@@ -27,7 +27,7 @@ from ferrosock.outcomes import report_end
 from ferrosock.params import Depends
 from ferrosock.responses import JSONResponse, PlainTextResponse, Response
 from ferrosock.status import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION
-from ferrosock.websockets import WebSocketState
+from ferrosock.websockets import close_unless_closed
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 Respond = Callable[[Response], None]
@@ -63,12 +63,6 @@ def _converted_path_params(template: PathTemplate, connection: Any) -> bool:
         return False
     connection._path_params = params
     return True
-
-
-async def close_unless_closed(websocket: Any, code: int, reason: str | None = None) -> None:
-    """Close (or, before ``accept``, refuse) unless the app already did."""
-    if websocket.application_state in (WebSocketState.CONNECTING, WebSocketState.CONNECTED):
-        await websocket.close(code, reason)
 
 
 class WebSocketRoute:

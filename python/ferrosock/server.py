@@ -21,7 +21,7 @@ from .config import Config
 from .exceptions import WebSocketDisconnect, call_exception_handler, server_error_handler
 from .requests import Request
 from .responses import PlainTextResponse, Response
-from .websockets import WebSocket, WebSocketState
+from .websockets import WebSocket, WebSocketState, close_unless_closed
 
 # Given a client's (host, port): the context its handler runs in, or None for a copy of
 # the loop's. ``TestClient`` uses it to run each handler in a copy of the test's context.
@@ -144,11 +144,8 @@ class Server:
             elif websocket.application_state is WebSocketState.CONNECTED:
                 await websocket.close(1011, "internal error")
         finally:
-            state = websocket.application_state
-            if state is WebSocketState.CONNECTING:
-                await websocket.close(1000)  # returned without accepting: refused
-            elif state is WebSocketState.CONNECTED:
-                await websocket.close(1000)
+            # Returned without closing: close with 1000 (refuse, if it never accepted).
+            await close_unless_closed(websocket, 1000)
             self._log_websocket_end(websocket)
 
     def _log_websocket_end(self, websocket: WebSocket) -> None:

@@ -292,6 +292,12 @@ class WebSocket(Mapping[str, Any]):
         return f"<WebSocket {self.id} {self._connection.path}>"
 
 
+async def close_unless_closed(websocket: WebSocket, code: int, reason: str | None = None) -> None:
+    """Close (or, before ``accept``, refuse) unless the app already did."""
+    if websocket.application_state in (WebSocketState.CONNECTING, WebSocketState.CONNECTED):
+        await websocket.close(code, reason)
+
+
 async def _ready(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
