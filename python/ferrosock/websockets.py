@@ -186,6 +186,7 @@ class WebSocket(Mapping[str, Any]):
         if headers is not None:
             extra = [(_text(name), _text(value)) for name, value in headers]
         accepted = self._connection.accept(subprotocol, extra)
+        self._connect_received = True  # receive() goes straight to the engine from now on
         if logger.isEnabledFor(logging.INFO):
             host, port = self._connection.client
             logger.info('%s:%d - "WebSocket %s" [accepted]', host, port, self._connection.path)
