@@ -148,10 +148,14 @@ impl Op {
                         self.finished();
                         Err(stop_iteration(convert(py, self.kind, message)?))
                     }
-                    Received::Ended(info) if self.kind == OpKind::Receive => {
-                        Err(stop_iteration(disconnect_message(py, &info)?))
+                    Received::Ended(info) => {
+                        self.conn.note_disconnect_delivered();
+                        if self.kind == OpKind::Receive {
+                            Err(stop_iteration(disconnect_message(py, &info)?))
+                        } else {
+                            Err(disconnect_error(py, &info))
+                        }
                     }
-                    Received::Ended(info) => Err(disconnect_error(py, &info)),
                     Received::Empty => self.park(py),
                 }
             }

@@ -91,7 +91,23 @@ pub enum Decision {
         subprotocol: Option<String>,
         headers: Vec<(String, String)>,
     },
-    Reject(u16),
+    /// An HTTP response instead of the upgrade: a refusal (`body: None`, the status's
+    /// reason phrase as text) or the app's own denial response.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Option<Bytes>,
+    },
+}
+
+impl Decision {
+    pub fn refuse(status: u16) -> Self {
+        Decision::Respond {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
 }
 
 pub enum Received {
@@ -144,6 +160,9 @@ pub struct ConnShared {
     closed: OnceLock<CloseInfo>,
     /// The end is visible to Python (receive, send, states); set after `closed`.
     ended: AtomicBool,
+    /// The handler has been told of the end (a disconnect message or exception); a
+    /// receive after that is a misuse.
+    disconnect_delivered: AtomicBool,
     /// Set to drop the socket at once (the IO task sees it on its next poll).
     stopped: AtomicBool,
     pub waiters: Mutex<Waiters>,
@@ -175,12 +194,22 @@ impl ConnShared {
             sender_waiting: AtomicBool::new(false),
             closed: OnceLock::new(),
             ended: AtomicBool::new(false),
+            disconnect_delivered: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             waiters: Mutex::new(Waiters::default()),
             latency_us: AtomicU64::new(0),
             last_pong_at: AtomicU64::new(0),
             memberships: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A receive has reported the end to the handler.
+    pub fn note_disconnect_delivered(&self) {
+        self.disconnect_delivered.store(true, Ordering::Release);
+    }
+
+    pub fn disconnect_delivered(&self) -> bool {
+        self.disconnect_delivered.load(Ordering::Acquire)
     }
 
     /// The end is visible to the handler: receives and sends report it.

@@ -150,6 +150,23 @@ mod tests {
     }
 
     #[test]
+    fn catch_all_parameter_matches_across_slashes() {
+        let routes = Routes::build(vec![(
+            "/files/{*file_path}".into(),
+            "websocket".into(),
+            vec![],
+            0,
+        )])
+        .unwrap();
+        let found = routes.find("/files/docs/2026/report.txt").unwrap();
+        assert_eq!(
+            found.params,
+            vec![("file_path".to_owned(), "docs/2026/report.txt".to_owned())]
+        );
+        assert!(routes.find("/files/").is_none());
+    }
+
+    #[test]
     fn unknown_paths_do_not_match() {
         assert!(routes().find("/nope").is_none());
         assert!(routes().find("/ws/1/extra").is_none());

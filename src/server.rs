@@ -554,15 +554,28 @@ async fn websocket_handshake(
         .push(Event::WebSocket(shared.clone(), Box::new(handshake)));
     let upgrade = hyper::upgrade::on(&mut request);
     let decision = tokio::select! {
-        decision = decision_rx => decision.unwrap_or(Decision::Reject(403)),
-        _ = state.shutdown.cancelled() => Decision::Reject(503),
+        decision = decision_rx => decision.unwrap_or(Decision::refuse(403)),
+        _ = state.shutdown.cancelled() => Decision::refuse(503),
     };
     match decision {
-        Decision::Reject(status) => {
+        Decision::Respond {
+            status,
+            headers,
+            body,
+        } => {
             stats::bump(&counter::handshakes_rejected);
             shared.end(1006, "handshake refused");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            text_response(status, status.canonical_reason().unwrap_or(""))
+            let mut response = match body {
+                Some(body) => {
+                    let mut response = Response::new(Full::new(body));
+                    *response.status_mut() = status;
+                    response
+                }
+                None => text_response(status, status.canonical_reason().unwrap_or("")),
+            };
+            append_headers(response.headers_mut(), headers);
+            response
         }
         Decision::Accept {
             subprotocol,

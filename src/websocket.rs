@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
@@ -107,6 +107,11 @@ impl Connection {
 
     fn receive_op(&self, py: Python<'_>, kind: OpKind) -> PyResult<Py<PyAny>> {
         self.require_accepted()?;
+        if self.shared.disconnect_delivered() {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call \"receive\" once a disconnect message has been received.",
+            ));
+        }
         let op = Op::new(self.shared.clone(), kind, self.fairness_yield());
         Ok(Py::new(py, op)?.into_any())
     }
@@ -160,9 +165,20 @@ impl Connection {
         self.subprotocol.lock().clone()
     }
 
+    /// As Starlette's: a refused handshake (close before accept, a denial response) is
+    /// DISCONNECTED once its response is on its way.
     #[getter]
     fn application_state(&self) -> u8 {
-        self.state()
+        match self.state() {
+            RESPONSE => DISCONNECTED,
+            state => state,
+        }
+    }
+
+    /// The handshake was answered with an HTTP response instead of the upgrade.
+    #[getter]
+    fn refused(&self) -> bool {
+        self.state() == RESPONSE
     }
 
     #[getter]
@@ -223,15 +239,30 @@ impl Connection {
         done(py)
     }
 
-    #[pyo3(signature = (status=403))]
-    fn reject(&self, status: u16) -> PyResult<()> {
+    #[pyo3(signature = (status=403, headers=None, body=None))]
+    fn reject(
+        &self,
+        status: u16,
+        headers: Option<Vec<(String, String)>>,
+        body: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         if self.state() != CONNECTING {
             return Err(PyRuntimeError::new_err(
                 "cannot refuse the handshake: the WebSocket was already accepted or closed",
             ));
         }
+        if !(100..=999).contains(&status) || status == 101 {
+            return Err(PyValueError::new_err(format!(
+                "{status} is not an HTTP status to refuse a handshake with"
+            )));
+        }
+        let body = body.map(bytes_of).transpose()?;
         self.app_state.store(RESPONSE, Ordering::Release);
-        self.decide(Decision::Reject(status));
+        self.decide(Decision::Respond {
+            status,
+            headers: headers.unwrap_or_default(),
+            body,
+        });
         self.shared.end(1006, "handshake refused");
         Ok(())
     }
@@ -259,12 +290,16 @@ impl Connection {
     #[pyo3(signature = (code=1000, reason=None))]
     fn close(&self, py: Python<'_>, code: u16, reason: Option<&str>) -> PyResult<Py<PyAny>> {
         match self.state() {
-            CONNECTING => self.reject(403)?,
+            CONNECTING => self.reject(403, None, None)?,
             CONNECTED => {
                 self.app_state.store(DISCONNECTED, Ordering::Release);
                 self.shared.close(code, reason.unwrap_or(""));
             }
-            _ => {}
+            _ => {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call \"send\" once a close message has been sent.",
+                ))
+            }
         }
         done(py)
     }

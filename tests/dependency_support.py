@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from ferrosock.datastructures import Address, Headers, QueryParams, parse_cookies
+from ferrosock.websockets import WebSocketState
 
 
 class FakeApp:
@@ -31,6 +32,13 @@ class FakeConnection:
         self.headers = Headers(headers or [])
         self.cookies = parse_cookies(self.headers.get("cookie", ""))
         self.client = Address("127.0.0.1", 50000)
+        self.application_state = WebSocketState.CONNECTING
+        self.closed: tuple[int, str | None] | None = None
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """As ``WebSocket.close`` before ``accept``: the handshake is refused."""
+        self.closed = (code, reason)
+        self.application_state = WebSocketState.DISCONNECTED
 
 
 class FakeHttpRequest:
@@ -56,6 +64,14 @@ class FakeHttpRequest:
         self.server = ("127.0.0.1", 8000)
         self.path_params = path_params or {}
         self.body = body
+
+
+def response_of(route: Any, request: Any) -> Any:
+    """What an HTTP route's ``handle`` answers ``request`` with."""
+    sent: list[Any] = []
+    run(route.handle(request, sent.append))
+    assert len(sent) == 1, f"the route responded {len(sent)} times"
+    return sent[0]
 
 
 def run(awaitable: Any) -> Any:

@@ -31,7 +31,7 @@ def solve(call, connection=None, *, path="/", kind="websocket", dependencies=())
 def validation_errors(call, connection, **options):
     with pytest.raises(RequestValidationError) as caught:
         solve(call, connection, **options)
-    return caught.value.errors
+    return caught.value.errors()
 
 
 class Color(enum.Enum):

@@ -222,6 +222,11 @@ def socket_app() -> App:
             else:
                 await websocket.send_bytes(message["bytes"])
 
+    @app.websocket("/accept-with-headers")
+    async def accept_with_headers(websocket: WebSocket):
+        await websocket.accept(headers=[(b"x-room", b"lobby"), (b"set-cookie", b"seat=4")])
+        await websocket.send_text("welcome")
+
     @app.websocket("/json")
     async def json_echo(websocket: WebSocket):
         await websocket.accept()
@@ -295,6 +300,25 @@ def test_text_and_bytes_round_trip(client):
         assert websocket.receive() == {"type": "websocket.send", "text": "as dict"}
 
 
+def test_session_send_takes_an_asgi_message(client):
+    with client.websocket_connect("/echo") as websocket:
+        websocket.send({"type": "websocket.receive", "text": "as text"})
+        assert websocket.receive_text() == "as text"
+        websocket.send({"type": "websocket.receive", "bytes": b"\x02"})
+        assert websocket.receive_bytes() == b"\x02"
+        with pytest.raises(ValueError, match=r"'websocket\.send'"):
+            websocket.send({"type": "websocket.send", "text": "wrong direction"})
+        websocket.send({"type": "websocket.disconnect", "code": 1000})
+
+
+def test_extra_headers_are_the_headers_given_to_accept(client):
+    with client.websocket_connect("/accept-with-headers") as websocket:
+        assert websocket.extra_headers == [(b"x-room", b"lobby"), (b"set-cookie", b"seat=4")]
+        assert websocket.receive_text() == "welcome"
+    with client.websocket_connect("/echo") as websocket:
+        assert websocket.extra_headers == []
+
+
 def test_json_in_text_and_binary_modes(client):
     with client.websocket_connect("/json") as websocket:
         websocket.send_json({"a": [1, "é"]})
@@ -334,18 +358,18 @@ def test_receive_times_out_instead_of_hanging():
                 websocket.receive_text()
 
 
-def test_unknown_path_refuses_the_handshake(client):
+def test_unknown_path_refuses_the_handshake_with_1000_as_starlette(client):
     with pytest.raises(WebSocketDisconnect) as caught:
         with client.websocket_connect("/nowhere"):
             pytest.fail("connected to an unknown path")  # pragma: no cover
-    assert caught.value.code == 1008
+    assert caught.value.code == 1000
 
 
 def test_websocket_exception_before_accept_refuses_the_handshake(client):
     with pytest.raises(WebSocketDisconnect) as caught:
         with client.websocket_connect("/rejects"):
             pytest.fail("connected despite the refusal")  # pragma: no cover
-    assert caught.value.code == 1008
+    assert (caught.value.code, caught.value.reason) == (4403, "not you")
 
 
 def test_websocket_exception_after_accept_closes_with_its_code(client):

@@ -4,7 +4,7 @@ connection or request, run without a server."""
 import json
 
 import pytest
-from dependency_support import FakeConnection, FakeHttpRequest, run
+from dependency_support import FakeConnection, FakeHttpRequest, response_of, run
 
 from ferrosock.applications import App
 from ferrosock.exceptions import HTTPException, WebSocketException
@@ -141,9 +141,14 @@ def test_path_without_leading_slash_is_rejected_naming_the_endpoint():
         App().add_api_websocket_route("ws", ws_endpoint)
 
 
-def test_path_with_converter_syntax_is_rejected_with_advice():
-    with pytest.raises(ValueError, match=r"\{file_path:path\} is not a parameter name"):
-        App().add_api_websocket_route("/files/{file_path:path}", ws_endpoint)
+def test_unknown_path_convertor_is_rejected_naming_it():
+    with pytest.raises(ValueError, match=r"unknown path convertor 'slug' in \{name:slug\}"):
+        App().add_api_websocket_route("/files/{name:slug}", ws_endpoint)
+
+
+def test_path_convertor_must_end_the_route_path():
+    with pytest.raises(ValueError, match=r"\{rest:path\} matches the rest of the path"):
+        App().add_api_websocket_route("/files/{rest:path}/meta", ws_endpoint)
 
 
 def test_sync_websocket_endpoint_is_rejected_at_registration():
@@ -193,10 +198,10 @@ def test_websocket_invalid_parameter_refuses_with_policy_violation():
         called.append(item_id)
 
     connection = FakeConnection(app, path_params={"item_id": "foo"})
-    with pytest.raises(WebSocketException) as caught:
-        run(app.routes[0].handle(connection))
-    assert caught.value.code == 1008
-    assert "path.item_id" in caught.value.reason
+    run(app.routes[0].handle(connection))
+    code, reason = connection.closed
+    assert code == 1008
+    assert "path.item_id" in reason
     assert called == []
 
 
@@ -206,9 +211,9 @@ def test_websocket_refusal_reason_fits_in_a_close_frame():
     @app.websocket("/ws")
     async def endpoint(websocket: WebSocket, a: int, b: int, c: int, d: int, e: int): ...
 
-    with pytest.raises(WebSocketException) as caught:
-        run(app.routes[0].handle(FakeConnection(app)))
-    assert 0 < len(caught.value.reason.encode()) <= 123
+    connection = FakeConnection(app)
+    run(app.routes[0].handle(connection))
+    assert 0 < len(connection.closed[1].encode()) <= 123
 
 
 def test_endpoint_exception_propagates_unchanged():
@@ -261,9 +266,9 @@ def test_dependency_raising_websocket_exception_stops_the_endpoint():
     async def endpoint(websocket: WebSocket):
         called.append(True)
 
-    with pytest.raises(WebSocketException) as caught:
-        run(app.routes[0].handle(FakeConnection(app)))
-    assert (caught.value.code, caught.value.reason, called) == (4401, "no token", [])
+    connection = FakeConnection(app)
+    run(app.routes[0].handle(connection))
+    assert (connection.closed, called) == ((4401, "no token"), [])
 
 
 def test_app_dependency_overrides_apply_to_websocket_routes():
@@ -324,7 +329,7 @@ def test_returned_dict_becomes_compact_json():
         return {"item_id": item_id, "q": q}
 
     request = http_request(app, path_params={"item_id": "5"}, query_string="q=é")
-    response = run(app.routes[0].handle(request))
+    response = response_of(app.routes[0], request)
     assert response.status_code == 200
     assert response.body == '{"item_id":5,"q":"é"}'.encode()
     assert response.headers["content-type"] == "application/json"
@@ -337,7 +342,7 @@ def test_sync_http_endpoint_is_called_inline():
     def root():
         return ["sync"]
 
-    assert run(app.routes[0].handle(http_request(app))).body == b'["sync"]'
+    assert response_of(app.routes[0], http_request(app)).body == b'["sync"]'
 
 
 def test_returned_response_passes_through():
@@ -348,7 +353,7 @@ def test_returned_response_passes_through():
     async def root():
         return page
 
-    assert run(app.routes[0].handle(http_request(app))) is page
+    assert response_of(app.routes[0], http_request(app)) is page
 
 
 def test_status_code_and_response_class_shape_the_response():
@@ -358,7 +363,7 @@ def test_status_code_and_response_class_shape_the_response():
     async def create():
         return "created"
 
-    response = run(app.routes[0].handle(http_request(app, "POST")))
+    response = response_of(app.routes[0], http_request(app, "POST"))
     assert (response.status_code, response.body) == (201, b"created")
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
 
@@ -370,7 +375,7 @@ def test_http_exception_becomes_detail_json_with_its_status_and_headers():
     async def root():
         raise HTTPException(status_code=404, detail="Item not found", headers={"X-Error": "1"})
 
-    response = run(app.routes[0].handle(http_request(app)))
+    response = response_of(app.routes[0], http_request(app))
     assert response.status_code == 404
     assert json.loads(response.body) == {"detail": "Item not found"}
     assert response.headers["x-error"] == "1"
@@ -383,7 +388,7 @@ def test_http_exception_without_detail_uses_the_status_phrase():
     async def root():
         raise HTTPException(status_code=403)
 
-    response = run(app.routes[0].handle(http_request(app)))
+    response = response_of(app.routes[0], http_request(app))
     assert json.loads(response.body) == {"detail": "Forbidden"}
 
 
@@ -394,7 +399,7 @@ def test_invalid_http_parameter_answers_422_with_error_list():
     async def read_item(item_id: int, x_token: str = Header()):
         return {}
 
-    response = run(app.routes[0].handle(http_request(app, path_params={"item_id": "x"})))
+    response = response_of(app.routes[0], http_request(app, path_params={"item_id": "x"}))
     assert response.status_code == 422
     assert json.loads(response.body) == {
         "detail": [
@@ -423,7 +428,7 @@ def test_request_parameter_sees_method_body_and_state():
         return {"method": request.method, "json": await request.json(), "state": request.state.seen}
 
     request = http_request(app, "POST", body=b'{"a":1}')
-    assert json.loads(run(app.routes[0].handle(request)).body) == {
+    assert json.loads(response_of(app.routes[0], request).body) == {
         "method": "POST",
         "json": {"a": 1},
         "state": True,
@@ -438,7 +443,7 @@ def test_unexpected_http_exception_propagates_to_the_server():
         raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError, match="bug"):
-        run(app.routes[0].handle(http_request(app)))
+        response_of(app.routes[0], http_request(app))
 
 
 def test_http_dependency_override_replaces_dependency():
@@ -452,4 +457,4 @@ def test_http_dependency_override_replaces_dependency():
         return mode
 
     app.dependency_overrides[settings] = lambda: "testing"
-    assert run(app.routes[0].handle(http_request(app))).body == b'"testing"'
+    assert response_of(app.routes[0], http_request(app)).body == b'"testing"'

@@ -80,7 +80,10 @@ class Connection:
         """Starlette's ``WebSocketState`` value: 0 connecting, 1 connected, 2 disconnected."""
     @property
     def application_state(self) -> int:
-        """0 connecting, 1 connected, 2 disconnected, 3 response (handshake refused)."""
+        """0 connecting, 1 connected, 2 disconnected (also once a handshake was refused)."""
+    @property
+    def refused(self) -> bool:
+        """The handshake was answered with an HTTP response instead of the upgrade."""
     @property
     def latency(self) -> float | None:
         """The last ping round-trip in seconds, once a pong has come back."""
@@ -89,18 +92,28 @@ class Connection:
     def accept(
         self, subprotocol: str | None = None, headers: list[tuple[str, str]] | None = None
     ) -> Awaitable[None]: ...
-    def reject(self, status: int = 403) -> None:
-        """Refuse the handshake with an HTTP status (before ``accept`` only)."""
+    def reject(
+        self,
+        status: int = 403,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """Answer the handshake with an HTTP response instead of the upgrade (before
+        ``accept`` only): ``status``, ``headers`` and ``body``; without a body, the status's
+        reason phrase as plain text."""
     def receive(self) -> Awaitable[dict[str, Any]]:
         """An ASGI-style message: ``{"type": "websocket.receive", "text"|"bytes": ...}`` or
-        ``{"type": "websocket.disconnect", "code": int, "reason": str}``."""
+        ``{"type": "websocket.disconnect", "code": int, "reason": str}``. Once the end has
+        been reported (by any receive), another receive raises ``RuntimeError``."""
     def receive_text(self) -> Awaitable[str]:
         """Raises ``WebSocketDisconnect`` when the connection has ended."""
     def receive_bytes(self) -> Awaitable[bytes]: ...
     def send_text(self, data: str) -> Awaitable[None]:
         """Raises ``WebSocketDisconnect`` when the connection has ended."""
     def send_bytes(self, data: bytes | bytearray | memoryview) -> Awaitable[None]: ...
-    def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]: ...
+    def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]:
+        """Before ``accept``: refuse with HTTP 403. After: send a close frame. A second
+        close raises ``RuntimeError``."""
 
 class HttpRequest:
     route_id: int

@@ -1,18 +1,21 @@
 """``App``: the application object, as FastAPI's ``FastAPI`` (also importable by that name).
 
-It holds the routes (``app.router``), ``app.state``, ``app.dependency_overrides``, the
-lifespan, and the server settings given as keywords (``App(port=9000,
-ws_ping_interval=10)``), which ``ferrosock.run`` and the CLI read from ``app.settings``.
+It holds the routes (``app.router``), ``app.state``, ``app.dependency_overrides``,
+``app.exception_handlers``, the lifespan, and the server settings given as keywords
+(``App(port=9000, ws_ping_interval=10)``, checked against ``Config`` here), which
+``ferrosock.run`` and the CLI read from ``app.settings``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from ferrosock.config import Config
 from ferrosock.datastructures import State
+from ferrosock.exceptions import ExceptionHandler
 from ferrosock.params import Depends
 from ferrosock.responses import JSONResponse, Response
 from ferrosock.routing import APIRoute, APIRouter, Endpoint, Route, WebSocketRoute
@@ -33,11 +36,16 @@ class App:
         title: str = "ferrosock",
         description: str = "",
         version: str = "0.1.0",
+        exception_handlers: Mapping[Any, ExceptionHandler] | None = None,
         **settings: Any,
     ) -> None:
+        Config.from_settings(settings)  # an unknown name fails here, naming it
         self.router = APIRouter(dependencies=dependencies, routes=routes)
         self.state = State()
         self.dependency_overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self.exception_handlers: dict[Any, ExceptionHandler] = {}
+        for key, handler in (exception_handlers or {}).items():
+            self.add_exception_handler(key, handler)
         self.settings: dict[str, Any] = dict(settings)
         self.title = title
         self.description = description
@@ -72,6 +80,35 @@ class App:
         finally:
             for handler in self.on_shutdown:
                 await _call_lifecycle_handler(handler)
+
+    def add_exception_handler(
+        self, exc_class_or_status_code: int | type[BaseException], handler: ExceptionHandler
+    ) -> None:
+        """``handler(request_or_websocket, exc)`` answers ``exc``: for HTTP it returns the
+        response; for a WebSocket it closes the socket (or refuses the handshake). A status
+        code applies to ``HTTPException`` with that status; 500 or ``Exception`` to
+        unexpected errors (the response is sent, the error still logged)."""
+        key = exc_class_or_status_code
+        is_status = isinstance(key, int) and not isinstance(key, bool)
+        if not (is_status or (isinstance(key, type) and issubclass(key, BaseException))):
+            raise TypeError(
+                f"an exception handler is registered for an exception class or an HTTP "
+                f"status code, got {key!r}"
+            )
+        if not callable(handler):
+            raise TypeError(f"the exception handler for {key!r} is not callable: {handler!r}")
+        self.exception_handlers[key] = handler
+
+    def exception_handler(
+        self, exc_class_or_status_code: int | type[BaseException]
+    ) -> Callable[[Endpoint], Endpoint]:
+        """``@app.exception_handler(MyError)``, as FastAPI's."""
+
+        def register(handler: Endpoint) -> Endpoint:
+            self.add_exception_handler(exc_class_or_status_code, handler)
+            return handler
+
+        return register
 
     def on_event(self, event_type: str) -> Callable[[Endpoint], Endpoint]:
         """``@app.on_event("startup")`` / ``("shutdown")``, as FastAPI (which prefers

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Literal, Union
 
-from ferrosock.exceptions import RequestValidationError
-from ferrosock.params import Depends, Header, Param, Path, Query
+from ferrosock.exceptions import DependencyScopeError, RequestValidationError
+from ferrosock.params import DependencyScope, Depends, Header, Param, Path, Query
 from ferrosock.requests import Request
 from ferrosock.websockets import WebSocket
 
@@ -256,10 +256,13 @@ def _pattern_check(pattern: str) -> Check:
 
 class SolveContext:
     """One request's or connection's solving state: the dependency cache, the errors
-    found so far, and (made on first need) the exit stack for generator dependencies.
-    Use as ``async with``: leaving it runs the generators' clean-up, in reverse order."""
+    found so far, and (made on first need) the exit stacks of generator dependencies, one
+    per scope (FastAPI's): ``"function"`` ends when the endpoint has returned
+    (``end_function_scope``), ``"request"`` (the default) when the response has been sent
+    or the WebSocket handler has finished. Use as ``async with``: leaving it runs whatever
+    clean-up is left, function scope first, each in reverse order."""
 
-    __slots__ = ("_exit_stack", "cache", "connection", "errors", "overrides")
+    __slots__ = ("_function_stack", "_request_stack", "cache", "connection", "errors", "overrides")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -268,21 +271,37 @@ class SolveContext:
         )
         self.cache: dict[Callable[..., Any], Any] = {}
         self.errors: list[dict[str, Any]] = []
-        self._exit_stack: AsyncExitStack | None = None
+        self._function_stack: AsyncExitStack | None = None
+        self._request_stack: AsyncExitStack | None = None
 
-    @property
-    def exit_stack(self) -> AsyncExitStack:
-        if self._exit_stack is None:
-            self._exit_stack = AsyncExitStack()
-        return self._exit_stack
+    def exit_stack(self, scope: DependencyScope | None) -> AsyncExitStack:
+        if scope == "function":
+            if self._function_stack is None:
+                self._function_stack = AsyncExitStack()
+            return self._function_stack
+        if self._request_stack is None:
+            self._request_stack = AsyncExitStack()
+        return self._request_stack
+
+    async def end_function_scope(self, *exc_info: Any) -> bool:
+        """Run the clean-up of ``"function"``-scoped dependencies; true if it suppressed
+        the exception given."""
+        stack, self._function_stack = self._function_stack, None
+        if stack is None:
+            return False
+        return bool(await stack.__aexit__(*(exc_info or (None, None, None))))
 
     async def __aenter__(self) -> SolveContext:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool:
-        if self._exit_stack is None:
-            return False
-        return bool(await self._exit_stack.__aexit__(*exc_info))
+        suppressed = await self.end_function_scope(*exc_info)
+        if suppressed:
+            exc_info = (None, None, None)
+        stack, self._request_stack = self._request_stack, None
+        if stack is None:
+            return suppressed
+        return bool(await stack.__aexit__(*exc_info)) or suppressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +337,9 @@ class ValueParam:
 
     def _read(self, connection: Any) -> Any:
         if self.source == "path":
-            return connection.path_params.get(self.alias)
+            value = connection.path_params.get(self.alias)
+            # A convertor may have made it an int, float or UUID already.
+            return value if value is None or isinstance(value, str) else str(value)
         if self.source == "cookie":
             return connection.cookies.get(self.alias)
         values = connection.query_params if self.source == "query" else connection.headers
@@ -374,6 +395,7 @@ class DependencyParam:
     name: str | None
     plan: CallPlan
     use_cache: bool
+    scope: DependencyScope | None = None
 
     async def resolve(self, ctx: SolveContext) -> Any:
         original = self.plan.call
@@ -388,7 +410,7 @@ class DependencyParam:
         kwargs = await plan.solve(ctx)
         if len(ctx.errors) != errors_before:
             return _FAILED
-        value = await plan.invoke(kwargs, ctx)
+        value = await plan.invoke(kwargs, ctx, self.scope)
         if self.use_cache:
             ctx.cache[original] = value
         return value
@@ -438,7 +460,7 @@ class CallPlan:
         return f"<CallPlan {_describe(self.call)}>"
 
 
-Invoker = Callable[[dict[str, Any], SolveContext], typing.Awaitable[Any]]
+Invoker = Callable[[dict[str, Any], SolveContext, DependencyScope | None], typing.Awaitable[Any]]
 
 
 def _invoker_for(call: Callable[..., Any]) -> Invoker:
@@ -446,25 +468,33 @@ def _invoker_for(call: Callable[..., Any]) -> Invoker:
     if _is_async_generator(call):
         as_context = asynccontextmanager(call)
 
-        async def enter_async_generator(kwargs: dict[str, Any], ctx: SolveContext) -> Any:
-            return await ctx.exit_stack.enter_async_context(as_context(**kwargs))
+        async def enter_async_generator(
+            kwargs: dict[str, Any], ctx: SolveContext, scope: DependencyScope | None = None
+        ) -> Any:
+            return await ctx.exit_stack(scope).enter_async_context(as_context(**kwargs))
 
         return enter_async_generator
     if _is_generator(call):
         as_sync_context = contextmanager(call)
 
-        async def enter_generator(kwargs: dict[str, Any], ctx: SolveContext) -> Any:
-            return ctx.exit_stack.enter_context(as_sync_context(**kwargs))
+        async def enter_generator(
+            kwargs: dict[str, Any], ctx: SolveContext, scope: DependencyScope | None = None
+        ) -> Any:
+            return ctx.exit_stack(scope).enter_context(as_sync_context(**kwargs))
 
         return enter_generator
     if is_coroutine_callable(call):
 
-        async def await_call(kwargs: dict[str, Any], ctx: SolveContext) -> Any:
+        async def await_call(
+            kwargs: dict[str, Any], ctx: SolveContext, scope: DependencyScope | None = None
+        ) -> Any:
             return await call(**kwargs)
 
         return await_call
 
-    async def call_inline(kwargs: dict[str, Any], ctx: SolveContext) -> Any:
+    async def call_inline(
+        kwargs: dict[str, Any], ctx: SolveContext, scope: DependencyScope | None = None
+    ) -> Any:
         return call(**kwargs)
 
     return call_inline
@@ -515,19 +545,27 @@ class PlanBuilder:
         *,
         dependencies: Sequence[Depends] = (),
         connection_first: bool = False,
+        scope: DependencyScope | None = None,
     ) -> CallPlan:
         """Analyse ``call``. ``dependencies`` run first, for their effect only.
         ``connection_first`` passes the connection as the first parameter whatever its
-        annotation (Starlette's ``endpoint(websocket)`` contract)."""
+        annotation (Starlette's ``endpoint(websocket)`` contract). ``scope`` is the one
+        ``call`` was declared with, when it is itself a dependency."""
         owner = _describe(call)
         route_dependencies = [
             DependencyParam(
                 None,
-                self._dependency_plan(marker.dependency, owner, "dependencies"),
+                self._dependency_plan(marker, marker.dependency, owner, "dependencies"),
                 marker.use_cache,
+                marker.scope,
             )
             for marker in dependencies
         ]
+        # FastAPI's rule: a generator dependency's clean-up runs at the end of its scope,
+        # so one of request scope cannot use a value whose clean-up has already run.
+        request_scoped_generator = (_is_generator(call) or _is_async_generator(call)) and (
+            scope or "request"
+        ) == "request"
         param_dependencies: list[DependencyParam] = []
         values: list[ValueParam] = []
         connection_names: list[str] = []
@@ -536,6 +574,16 @@ class PlanBuilder:
                 connection_names.append(param.name)
                 continue
             source = self._analyse(param, annotation, owner)
+            if (
+                isinstance(source, DependencyParam)
+                and source.scope == "function"
+                and request_scoped_generator
+            ):
+                call_name = getattr(call, "__name__", "<unnamed_callable>")
+                raise DependencyScopeError(
+                    f'The dependency "{call_name}" has a scope of "request", it cannot '
+                    'depend on dependencies with scope "function".'
+                )
             if isinstance(source, DependencyParam):
                 param_dependencies.append(source)
             elif isinstance(source, ValueParam):
@@ -552,13 +600,15 @@ class PlanBuilder:
             tuple(connection_names),
         )
 
-    def _dependency_plan(self, dependency: Any, owner: str, param_name: str) -> CallPlan:
+    def _dependency_plan(
+        self, marker: Depends, dependency: Any, owner: str, param_name: str
+    ) -> CallPlan:
         if not callable(dependency):
             raise TypeError(
                 f"{owner}: the dependency for {param_name!r} is not callable "
                 f"({dependency!r}); pass a function or class to Depends()"
             )
-        return self.build(dependency)
+        return self.build(dependency, scope=marker.scope)
 
     def _analyse(
         self, param: inspect.Parameter, annotation: Any, owner: str
@@ -601,8 +651,8 @@ class PlanBuilder:
                         "which needs a class annotation to call"
                     )
                 dependency = base
-            plan = self._dependency_plan(dependency, owner, name)
-            return DependencyParam(name, plan, marker.use_cache)
+            plan = self._dependency_plan(marker, dependency, owner, name)
+            return DependencyParam(name, plan, marker.use_cache, marker.scope)
 
         if default is ...:
             default = inspect.Parameter.empty

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
+
+ExceptionHandler = Callable[[Any, Any], Any]
+ExceptionHandlers = Mapping[Any, ExceptionHandler]
 
 
 class WebSocketDisconnect(Exception):
@@ -51,9 +56,71 @@ class HTTPException(Exception):
         return f"{type(self).__name__}(status_code={self.status_code!r}, detail={self.detail!r})"
 
 
-class RequestValidationError(Exception):
-    """A request's parameters did not convert; HTTP answers 422, WebSocket refuses."""
+class ValidationException(Exception):
+    """Parameters that are missing or did not convert; ``errors()`` lists them in FastAPI's
+    shape (``type``, ``loc``, ``msg``, ``input``)."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors)
-        self.errors = errors
+        self._errors = errors
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self._errors
+
+    def __str__(self) -> str:
+        count = len(self._errors)
+        lines = [f"{count} validation error{'s' if count != 1 else ''}:"]
+        lines += [f"  {error}" for error in self._errors]
+        return "\n".join(lines)
+
+
+class RequestValidationError(ValidationException):
+    """An HTTP request's parameters did not convert: answered 422 by default."""
+
+    def __init__(self, errors: list[dict[str, Any]], *, body: Any = None) -> None:
+        super().__init__(errors)
+        self.body = body
+
+
+class WebSocketRequestValidationError(ValidationException):
+    """A handshake's parameters did not convert: refused with 1008 by default."""
+
+
+class FastAPIError(RuntimeError):
+    """A misuse of the framework found when the app is built."""
+
+
+class DependencyScopeError(FastAPIError):
+    """A dependency depends on one whose scope ends before its own (FastAPI's)."""
+
+
+def lookup_exception_handler(
+    handlers: ExceptionHandlers, exc: BaseException
+) -> ExceptionHandler | None:
+    """The handler registered for ``exc``, as Starlette's ``ExceptionMiddleware`` finds it:
+    for an ``HTTPException`` its status code first, then the exception's classes from the
+    most specific. Handlers for ``Exception`` and 500 are for unexpected errors
+    (``server_error_handler``), not looked up here."""
+    if isinstance(exc, HTTPException):
+        handler = handlers.get(exc.status_code)
+        if handler is not None:
+            return handler
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        handler = handlers.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+def server_error_handler(handlers: ExceptionHandlers) -> ExceptionHandler | None:
+    """The handler for an unexpected exception: registered for 500 or ``Exception``."""
+    return handlers.get(500) or handlers.get(Exception)
+
+
+async def call_exception_handler(handler: ExceptionHandler, connection: Any, exc: Any) -> Any:
+    result = handler(connection, exc)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

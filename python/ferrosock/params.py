@@ -10,7 +10,9 @@ means the value is required. Constraints (``gt``, ``ge``, ``lt``, ``le``, ``min_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
+
+DependencyScope = Literal["function", "request"]
 
 
 class Param:
@@ -87,13 +89,23 @@ class Cookie(Param):
 class Depends:
     """The parameter's value is what ``dependency`` returns for this request. Without a
     dependency, the parameter's annotation (a class) is called. With ``use_cache`` a
-    dependency used several times in one request runs once."""
+    dependency used several times in one request runs once. ``scope`` says when a
+    generator dependency's code after ``yield`` runs: ``"function"`` once the endpoint has
+    returned, ``"request"`` (the default) once the response has been sent or the WebSocket
+    handler has finished."""
 
     def __init__(
-        self, dependency: Callable[..., Any] | None = None, *, use_cache: bool = True
+        self,
+        dependency: Callable[..., Any] | None = None,
+        *,
+        use_cache: bool = True,
+        scope: DependencyScope | None = None,
     ) -> None:
+        if scope is not None and scope not in get_args(DependencyScope):
+            raise ValueError(f'Depends(scope=...) takes "function" or "request", got {scope!r}')
         self.dependency = dependency
         self.use_cache = use_cache
+        self.scope = scope
 
     def __repr__(self) -> str:
         name = getattr(self.dependency, "__name__", type(self.dependency).__name__)
@@ -111,6 +123,7 @@ class Security(Depends):
         *,
         scopes: Sequence[str] | None = None,
         use_cache: bool = True,
+        scope: DependencyScope | None = None,
     ) -> None:
-        super().__init__(dependency, use_cache=use_cache)
+        super().__init__(dependency, use_cache=use_cache, scope=scope)
         self.scopes = list(scopes or [])

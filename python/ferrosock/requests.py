@@ -20,6 +20,7 @@ class Request:
     def __init__(self, http_request: _engine.HttpRequest, app: Any) -> None:
         self._http_request = http_request
         self.app = app
+        self._path_params: dict[str, Any] | None = None
 
     @property
     def method(self) -> str:
@@ -41,8 +42,11 @@ class Request:
         return QueryParams(self._http_request.query_string)
 
     @property
-    def path_params(self) -> dict[str, str]:
-        return self._http_request.path_params
+    def path_params(self) -> dict[str, Any]:
+        """The path's parameters, converted by the route's convertors (``{id:int}``)."""
+        if self._path_params is None:
+            self._path_params = self._http_request.path_params
+        return self._path_params
 
     @cached_property
     def cookies(self) -> dict[str, str]:

@@ -9,43 +9,30 @@ and calls its endpoint.
 from __future__ import annotations
 
 import http
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
+from ferrosock.convertors import PathTemplate, parse_path
 from ferrosock.dependencies import PlanBuilder, SolveContext, is_coroutine_callable
-from ferrosock.exceptions import HTTPException, RequestValidationError, WebSocketException
+from ferrosock.exceptions import (
+    ExceptionHandlers,
+    HTTPException,
+    RequestValidationError,
+    WebSocketException,
+    WebSocketRequestValidationError,
+    call_exception_handler,
+    lookup_exception_handler,
+)
+from ferrosock.outcomes import report_end
 from ferrosock.params import Depends
-from ferrosock.responses import JSONResponse, Response
-from ferrosock.status import WS_1008_POLICY_VIOLATION
+from ferrosock.responses import JSONResponse, PlainTextResponse, Response
+from ferrosock.status import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION
+from ferrosock.websockets import close_unless_closed
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+Respond = Callable[[Response], None]
 
-# How each endpoint run ended: called with the connection (``WebSocket`` or ``Request``)
-# and the exception that escaped the endpoint, or ``None``. ``TestClient`` sets it so a
-# test sees the server's exceptions, as Starlette's test client does; nothing else needs it.
-endpoint_outcomes: ContextVar[Callable[[Any, BaseException | None], None] | None] = ContextVar(
-    "endpoint_outcomes", default=None
-)
-
-_PATH_PARAM = re.compile(r"\{([^{}]*)\}")
 _CLOSE_REASON_LIMIT = 123  # bytes: a close frame's payload is 125, two are the code
-
-
-def _path_param_names(path: str, endpoint: Callable[..., Any]) -> frozenset[str]:
-    if not path.startswith("/"):
-        raise ValueError(f"route path {path!r} for {_name_of(endpoint)} must start with '/'")
-    names = _PATH_PARAM.findall(path)
-    for name in names:
-        if not name.isidentifier():
-            raise ValueError(
-                f"route path {path!r} for {_name_of(endpoint)}: {{{name}}} is not a parameter "
-                "name; write {name} and give the parameter a type annotation to convert it"
-            )
-    if len(set(names)) != len(names):
-        raise ValueError(f"route path {path!r} for {_name_of(endpoint)} repeats a parameter")
-    return frozenset(names)
 
 
 def _check_prefix(prefix: str) -> None:
@@ -61,16 +48,28 @@ def _name_of(endpoint: Callable[..., Any]) -> str:
     return getattr(endpoint, "__name__", type(endpoint).__name__)
 
 
-def _report_outcome(connection: Any, outcome: BaseException | None) -> None:
-    observe = endpoint_outcomes.get()
-    if observe is not None:
-        observe(connection, outcome)
+def _exception_handlers(connection: Any) -> ExceptionHandlers:
+    handlers: ExceptionHandlers = getattr(connection.app, "exception_handlers", None) or {}
+    return handlers
+
+
+def _converted_path_params(template: PathTemplate, connection: Any) -> bool:
+    """Apply the path's convertors to ``connection``'s parameters; false if one does not
+    match (the path then matches no route, as in Starlette)."""
+    if not template.convertors:
+        return True
+    params = template.convert(connection.path_params)
+    if params is None:
+        return False
+    connection._path_params = params
+    return True
 
 
 class WebSocketRoute:
     """A WebSocket endpoint. Its parameters are solved from the handshake request before
-    the endpoint runs; a value that is missing or does not convert refuses the handshake
-    (``WebSocketException`` with 1008, as FastAPI). With ``connection_first`` the endpoint
+    the endpoint runs; a value that is missing or does not convert raises
+    ``WebSocketRequestValidationError``, which by default refuses the handshake with 1008,
+    as FastAPI. With ``connection_first`` the endpoint
     is called as ``endpoint(websocket)``, Starlette's contract."""
 
     kind: Literal["websocket"] = "websocket"
@@ -90,11 +89,12 @@ class WebSocketRoute:
                 "(async def), as it awaits the socket"
             )
         self.path = path
+        self.template = parse_path(path, _name_of(endpoint))
         self.endpoint = endpoint
         self.name = name or _name_of(endpoint)
         self.dependencies = list(dependencies or [])
         self.connection_first = connection_first
-        builder = PlanBuilder("websocket", _path_param_names(path, endpoint))
+        builder = PlanBuilder("websocket", self.template.param_names)
         self.plan = builder.build(
             endpoint, dependencies=self.dependencies, connection_first=connection_first
         )
@@ -121,29 +121,40 @@ class WebSocketRoute:
         )
 
     async def handle(self, websocket: Any) -> None:
+        """Run the endpoint. An exception it raises goes to the app's handler for it;
+        ``WebSocketException`` (by default) closes, or refuses the handshake, with its code
+        and reason; anything else is re-raised for the server to log."""
         outcome: BaseException | None = None
         try:
-            if self._socket_only is not None:
+            if not _converted_path_params(self.template, websocket):
+                await websocket.close(WS_1000_NORMAL_CLOSURE)
+            elif self._socket_only is not None:
                 await self.endpoint(**{self._socket_only: websocket})
             else:
                 await self._run(websocket)
-        except WebSocketException:
-            raise  # a deliberate refusal or close, not a failure
         except Exception as exc:
-            outcome = exc
-            raise
+            handler = lookup_exception_handler(_exception_handlers(websocket), exc)
+            if handler is not None:
+                await call_exception_handler(handler, websocket, exc)
+            elif isinstance(exc, WebSocketException):
+                await close_unless_closed(websocket, exc.code, exc.reason)
+            elif isinstance(exc, WebSocketRequestValidationError):
+                reason = _close_reason(exc.errors())
+                await close_unless_closed(websocket, WS_1008_POLICY_VIOLATION, reason)
+            else:
+                outcome = exc
+                raise
         finally:
-            _report_outcome(websocket, outcome)
+            report_end(websocket, outcome)
 
     async def _run(self, websocket: Any) -> None:
         async with SolveContext(websocket) as ctx:
             try:
                 kwargs = await self.plan.solve_or_raise(ctx)
             except RequestValidationError as exc:
-                raise WebSocketException(
-                    code=WS_1008_POLICY_VIOLATION, reason=_close_reason(exc.errors)
-                ) from exc
-            await self.plan.invoke(kwargs, ctx)
+                raise WebSocketRequestValidationError(exc.errors()) from exc
+            await self.plan.invoke(kwargs, ctx, None)
+            await ctx.end_function_scope()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(path={self.path!r}, name={self.name!r})"
@@ -170,6 +181,7 @@ class APIRoute:
         tags: Sequence[str] | None = None,
     ) -> None:
         self.path = path
+        self.template = parse_path(path, _name_of(endpoint))
         self.endpoint = endpoint
         self.methods = list(dict.fromkeys(method.upper() for method in (methods or ["GET"])))
         self.name = name or _name_of(endpoint)
@@ -177,7 +189,7 @@ class APIRoute:
         self.status_code = status_code
         self.response_class = response_class
         self.tags = list(tags or [])
-        builder = PlanBuilder("http", _path_param_names(path, endpoint))
+        builder = PlanBuilder("http", self.template.param_names)
         self.plan = builder.build(endpoint, dependencies=self.dependencies)
 
     def copy_with(self, path: str, dependencies: Sequence[Depends]) -> APIRoute:
@@ -192,25 +204,35 @@ class APIRoute:
             tags=self.tags,
         )
 
-    async def handle(self, request: Any) -> Response:
+    async def handle(self, request: Any, respond: Respond) -> None:
+        """Answer ``request`` through ``respond``. Clean-up of ``"function"``-scoped
+        dependencies runs before the response is sent, of ``"request"``-scoped ones after.
+        An exception goes to the app's handler for it (``HTTPException`` and parameter
+        errors have defaults); anything else is re-raised for the server (500)."""
         outcome: BaseException | None = None
         try:
-            return await self._respond(request)
+            if not _converted_path_params(self.template, request):
+                respond(PlainTextResponse("Not Found", status_code=404))
+                return
+            responded = False
+            try:
+                async with SolveContext(request) as ctx:
+                    kwargs = await self.plan.solve_or_raise(ctx)
+                    result = await self.plan.invoke(kwargs, ctx, None)
+                    await ctx.end_function_scope()
+                    respond(self._response_of(result))
+                    responded = True
+            except Exception as exc:
+                if responded:
+                    raise  # a clean-up after the response failed: only the log can tell
+                respond(await _exception_response(request, exc))
         except Exception as exc:
             outcome = exc
             raise
         finally:
-            _report_outcome(request, outcome)
+            report_end(request, outcome)
 
-    async def _respond(self, request: Any) -> Response:
-        try:
-            async with SolveContext(request) as ctx:
-                kwargs = await self.plan.solve_or_raise(ctx)
-                result = await self.plan.invoke(kwargs, ctx)
-        except HTTPException as exc:
-            return _http_exception_response(exc)
-        except RequestValidationError as exc:
-            return JSONResponse({"detail": exc.errors}, status_code=422)
+    def _response_of(self, result: Any) -> Response:
         if isinstance(result, Response):
             return result
         if self.status_code in (204, 304):
@@ -222,6 +244,25 @@ class APIRoute:
 
 
 Route = WebSocketRoute | APIRoute
+
+
+async def _exception_response(request: Any, exc: Exception) -> Response:
+    """The response for ``exc``: from the app's handler for it, else the defaults for
+    ``HTTPException`` and parameter errors; any other exception is re-raised."""
+    handler = lookup_exception_handler(_exception_handlers(request), exc)
+    if handler is not None:
+        response = await call_exception_handler(handler, request, exc)
+        if not isinstance(response, Response):
+            raise TypeError(
+                f"the exception handler {_name_of(handler)} for {type(exc).__name__} "
+                f"returned {response!r}; it must return a Response"
+            )
+        return response
+    if isinstance(exc, HTTPException):
+        return _http_exception_response(exc)
+    if isinstance(exc, RequestValidationError):
+        return JSONResponse({"detail": exc.errors()}, status_code=422)
+    raise exc
 
 
 def _http_exception_response(exc: HTTPException) -> Response:

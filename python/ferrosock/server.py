@@ -9,19 +9,25 @@ finish.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import _engine
 from .config import Config
-from .exceptions import WebSocketDisconnect, WebSocketException
+from .exceptions import WebSocketDisconnect, call_exception_handler, server_error_handler
 from .logs import log_level_number, read_log_config
 from .manager import BackendSettings, configure_backends, stop_backends
 from .requests import Request
 from .responses import PlainTextResponse, Response
-from .websockets import WebSocket, WebSocketState
+from .websockets import WebSocket, WebSocketState, close_unless_closed
+
+# Given a client's (host, port): the context its handler runs in, or None for a copy of
+# the loop's. ``TestClient`` uses it to run each handler in a copy of the test's context.
+ContextFor = Callable[[tuple[str, int]], contextvars.Context | None]
 
 logger = logging.getLogger("ferrosock.error")
 access_logger = logging.getLogger("ferrosock.access")
@@ -39,6 +45,7 @@ class Server:
         self._exit_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes: list[Any] = []
+        self.context_for: ContextFor | None = None
 
     # ---- lifecycle ----
 
@@ -76,7 +83,9 @@ class Server:
 
     def _start_engine(self, loop: asyncio.AbstractEventLoop) -> _engine.Server:
         self._routes = list(self.app.routes)
-        table = [(r.path, r.kind, list(r.methods), i) for i, r in enumerate(self._routes)]
+        table = [
+            (r.template.engine_path, r.kind, list(r.methods), i) for i, r in enumerate(self._routes)
+        ]
         engine = _engine.Server(
             table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
         )
@@ -107,17 +116,18 @@ class Server:
 
     # ---- engine callbacks (on the loop thread, from engine.drain) ----
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
+    def _spawn(self, coroutine: Any, client: tuple[str, int]) -> None:
+        context = self.context_for(client) if self.context_for is not None else None
+        task = asyncio.get_running_loop().create_task(coroutine, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _on_websocket(self, route_id: int, connection: _engine.Connection) -> None:
         websocket = WebSocket(connection, self.app)
-        self._spawn(self._run_websocket(self._routes[route_id], websocket))
+        self._spawn(self._run_websocket(self._routes[route_id], websocket), connection.client)
 
     def _on_http(self, route_id: int, http_request: _engine.HttpRequest) -> None:
-        self._spawn(self._run_http(self._routes[route_id], http_request))
+        self._spawn(self._run_http(self._routes[route_id], http_request), http_request.client)
 
     @staticmethod
     def _on_log(level: int, message: str) -> None:
@@ -129,27 +139,38 @@ class Server:
         connection = websocket._connection
         try:
             await route.handle(websocket)
-        except WebSocketException as exc:
-            await websocket.close(exc.code, exc.reason)
         except WebSocketDisconnect:
             pass
         except Exception:
             logger.exception("Exception in WebSocket handler for %s", connection.path)
-            await websocket.close(1011, "internal error")
+            if websocket.application_state is WebSocketState.CONNECTING:
+                connection.reject(500)  # as an ASGI server answers an app failing early
+            elif websocket.application_state is WebSocketState.CONNECTED:
+                await websocket.close(1011, "internal error")
         finally:
-            state = websocket.application_state
-            if state is WebSocketState.CONNECTING:
-                connection.reject(403)
-            elif state is WebSocketState.CONNECTED:
-                await websocket.close(1000)
-            self._log_websocket_end(connection)
+            # Returned without closing: close with 1000 (refuse, if it never accepted).
+            await close_unless_closed(websocket, 1000)
+            self._log_websocket_end(websocket)
 
-    def _log_websocket_end(self, connection: _engine.Connection) -> None:
+    def _log_websocket_end(self, websocket: WebSocket) -> None:
         if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
             return
+        connection = websocket._connection
         host, port = connection.client
-        if connection.application_state == WebSocketState.RESPONSE.value:
-            access_logger.info('%s:%d - "WebSocket %s" 403', host, port, connection.path)
+        refusal = websocket.refusal
+        if refusal is not None and refusal.code is not None:
+            access_logger.info(
+                '%s:%d - "WebSocket %s" %d (closed before accept: %d %s)',
+                host,
+                port,
+                connection.path,
+                refusal.status_code,
+                refusal.code,
+                refusal.reason or "(no reason)",
+            )
+        elif connection.refused:
+            status = refusal.status_code if refusal is not None else 500
+            access_logger.info('%s:%d - "WebSocket %s" %d', host, port, connection.path, status)
         else:
             access_logger.info(
                 '%s:%d - "WebSocket %s" closed (%s)',
@@ -160,15 +181,23 @@ class Server:
             )
 
     async def _run_http(self, route: Any, http_request: _engine.HttpRequest) -> None:
+        request = Request(http_request, self.app)
+        sent: list[Response] = []
+
+        def respond(response: Response) -> None:
+            body = b"" if http_request.method == "HEAD" else response.body
+            http_request.respond(response.status_code, response.raw_headers, body)
+            sent.append(response)
+
         try:
-            response: Response = await route.handle(Request(http_request, self.app))
-        except Exception:
+            await route.handle(request, respond)
+        except Exception as exc:
             logger.exception(
                 "Exception in HTTP handler for %s %s", http_request.method, http_request.path
             )
-            response = PlainTextResponse("Internal Server Error", status_code=500)
-        body = b"" if http_request.method == "HEAD" else response.body
-        http_request.respond(response.status_code, response.raw_headers, body)
+            if not sent:
+                respond(await self._server_error_response(request, exc))
+        response = sent[0]
         if self.config.access_log and access_logger.isEnabledFor(logging.INFO):
             host, port = http_request.client
             query = f"?{http_request.query_string}" if http_request.query_string else ""
@@ -181,6 +210,19 @@ class Server:
                 query,
                 response.status_code,
             )
+
+    async def _server_error_response(self, request: Request, exc: Exception) -> Response:
+        """The app's handler for 500 / ``Exception`` if it has one, else a plain 500."""
+        handler = server_error_handler(getattr(self.app, "exception_handlers", None) or {})
+        if handler is not None:
+            try:
+                response = await call_exception_handler(handler, request, exc)
+                if isinstance(response, Response):
+                    return response
+                logger.error("The server error handler returned %r, not a Response", response)
+            except Exception:
+                logger.exception("The server error handler failed")
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
 
 class _signals_handled:

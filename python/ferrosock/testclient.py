@@ -7,16 +7,21 @@ HTTP with ``http.client``, WebSockets with the ``websockets`` library's sync cli
 Every wait is bounded by ``timeout`` (5 s by default), so a test never hangs.
 
 With ``raise_server_exceptions`` (the default) an exception that escaped an endpoint is
-raised in the test: from the HTTP call that got the 500, from the ``receive_*`` that saw the
-1011 close, or when the ``websocket_connect`` block ends (including the
-``WebSocketDisconnect`` an endpoint let escape after the client closed), so FastAPI's
-tests port with their imports changed.
+raised in the test: from the HTTP call that got the 500, from the ``websocket_connect``
+whose handshake failed before ``accept``, from the ``receive_*`` that saw the 1011 close, or
+when the ``websocket_connect`` block ends (including the ``WebSocketDisconnect`` an
+endpoint let escape after the client closed), so FastAPI's tests port with their imports
+changed. A handshake the app refused raises ``WebSocketDisconnect`` with the app's code and
+reason (1000 for a path with no WebSocket route, as Starlette's router), one it answered
+with ``send_denial_response`` raises ``WebSocketDenialResponse``. Each handler runs in a
+copy of the ``contextvars`` context of the test code that made the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import http.client
 import json as json_module
 import socket
@@ -30,7 +35,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from ferrosock.datastructures import Headers
 from ferrosock.exceptions import WebSocketDisconnect
-from ferrosock.routing import endpoint_outcomes
+from ferrosock.outcomes import Refusal, endpoint_observer
 
 DEFAULT_TIMEOUT = 5.0
 SERVER_START_TIMEOUT = 30.0
@@ -40,26 +45,62 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 HeaderInput = Mapping[str, str] | Sequence[tuple[str, str]]
 
+# Headers of a 101 response that the handshake itself sets, not the app's ``accept``.
+_HANDSHAKE_HEADERS = frozenset(
+    {"upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol", "date"}
+)
+
 
 class _EndpointOutcomes:
-    """How each endpoint run ended, keyed by the client's port (each test connection has
-    its own). Written on the server's thread, read on the test's."""
+    """How each endpoint run ended, and the handshakes refused, keyed by the client's port
+    (each test connection has its own), and the context each connection's handler runs in.
+    Written on the server's thread, read on the test's."""
 
     def __init__(self) -> None:
         self._finished = threading.Condition()
         self._by_port: dict[int, BaseException | None] = {}
+        self._refusals: dict[int, Refusal] = {}
+        self._contexts: dict[int, contextvars.Context] = {}
 
-    def record(self, connection: Any, outcome: BaseException | None) -> None:
+    def ended(self, connection: Any, exception: BaseException | None) -> None:
         client = getattr(connection, "client", None)
         if not client:
             return
         with self._finished:
-            self._by_port[client[1]] = outcome
+            self._by_port[client[1]] = exception
             self._finished.notify_all()
+
+    def refused(self, connection: Any, refusal: Refusal) -> None:
+        with self._finished:
+            self._refusals[connection.client[1]] = refusal
+
+    def take_refusal(self, port: int) -> Refusal | None:
+        with self._finished:
+            return self._refusals.pop(port, None)
+
+    def bind_context(self, port: int) -> None:
+        """Run the handler of the connection from ``port`` in a copy of this thread's
+        context, as Starlette's test client does."""
+        context = contextvars.copy_context()
+        context.run(endpoint_observer.set, self)
+        with self._finished:
+            self._contexts[port] = context
+
+    def context_for(self, client: tuple[str, int]) -> contextvars.Context | None:
+        with self._finished:
+            return self._contexts.pop(client[1], None)
+
+    def drop_context(self, port: int) -> None:
+        """The connection from ``port`` is over; a context no handler took (the engine
+        answered alone, as for an unknown path) is not kept."""
+        with self._finished:
+            self._contexts.pop(port, None)
 
     def forget(self, port: int) -> None:
         with self._finished:
             self._by_port.pop(port, None)
+            self._refusals.pop(port, None)
+            self._contexts.pop(port, None)
 
     def take_exception(self, port: int, wait: float) -> BaseException | None:
         """The exception the endpoint serving ``port`` ended with, waiting up to ``wait``
@@ -82,6 +123,7 @@ class _ServerThread:
         loopback = {"host": "127.0.0.1", "port": 0, "workers": 1, "log_level": "warning"}
         config = Config.from_settings(getattr(app, "settings", {}), loopback)
         self.server = Server(app, config)
+        self.server.context_for = outcomes.context_for
         self.thread = threading.Thread(target=self._serve, name="ferrosock-testclient", daemon=True)
 
     def start(self) -> int:
@@ -96,8 +138,9 @@ class _ServerThread:
         return self.server.port
 
     def _serve(self) -> None:
-        # Set before the loop starts, so every handler task inherits it.
-        endpoint_outcomes.set(self.outcomes.record)
+        # Set before the loop starts, so every task inherits it (handlers of connections
+        # the test client did not make included).
+        endpoint_observer.set(self.outcomes)
         try:
             asyncio.run(self.server.serve())
         except BaseException as exc:
@@ -268,6 +311,7 @@ class TestClient:
             connection.connect()
             client_port = connection.sock.getsockname()[1]
             self._outcomes.forget(client_port)
+            self._outcomes.bind_context(client_port)
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             connection.request(method, path, body=body, headers={"host": parts.netloc, **headers})
             raw = connection.getresponse()
@@ -276,6 +320,7 @@ class TestClient:
             )
         finally:
             connection.close()
+        self._outcomes.drop_context(client_port)
         self._store_cookies(response.headers)
         failed = response.status_code >= 500
         self._raise_server_exception(client_port, wait=1.0 if failed else 0.0)
@@ -325,8 +370,8 @@ class TestClient:
         params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
     ) -> WebSocketTestSession:
         """``with client.websocket_connect("/ws") as websocket:`` connects on entering
-        (a refused handshake raises ``WebSocketDisconnect(1008)``) and closes with 1000 on
-        leaving."""
+        (a refused handshake raises ``WebSocketDisconnect`` with the app's code and reason)
+        and closes with 1000 on leaving."""
         target = urlsplit(self._full_url(url, params))
         ws_url = target._replace(scheme="wss" if target.scheme == "https" else "ws").geturl()
         request_headers = self._request_headers(headers, cookies)
@@ -361,6 +406,7 @@ class WebSocketTestSession:
         sock = socket.create_connection(("127.0.0.1", client.port), timeout=client.timeout)
         self._client_port = sock.getsockname()[1]
         client._outcomes.forget(self._client_port)
+        client._outcomes.bind_context(self._client_port)
         self._exit_stack = contextlib.ExitStack()
         try:
             self._connection = self._exit_stack.enter_context(
@@ -383,14 +429,38 @@ class WebSocketTestSession:
             self._raise_refusal(exc.response)
         return self
 
+    @property
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers the app gave ``accept(headers=...)``, as Starlette's session."""
+        return [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self._connection.response.headers.raw_items()
+            if name.lower() not in _HANDSHAKE_HEADERS
+        ]
+
     def _raise_refusal(self, response: Any) -> None:
+        outcomes = self._client._outcomes
+        port = self._client_port
         status = response.status_code
+        # Recorded before the server sent its response, so already here.
+        refusal = outcomes.take_refusal(port)
+        if refusal is not None and refusal.is_denial_response:
+            outcomes.forget(port)
+            raise WebSocketDenialResponse(
+                self._url,
+                status,
+                response.reason_phrase,
+                Headers(list(response.headers.raw_items())),
+                response.body or b"",
+            )
         if status >= 500:
-            self._client._raise_server_exception(self._client_port, wait=1.0)
+            self._client._raise_server_exception(port, wait=1.0)
             raise WebSocketDisconnect(1011, f"handshake failed with HTTP {status}")
-        self._client._outcomes.forget(self._client_port)
-        body = response.body.decode("utf-8", errors="replace").strip() if response.body else ""
-        raise WebSocketDisconnect(1008, body or f"handshake refused with HTTP {status}")
+        outcomes.forget(port)
+        if refusal is not None and refusal.code is not None:
+            raise WebSocketDisconnect(refusal.code, refusal.reason)
+        # Refused before any handler ran: no WebSocket route for the path.
+        raise WebSocketDisconnect(1000, "")
 
     def __exit__(
         self,
@@ -400,6 +470,7 @@ class WebSocketTestSession:
     ) -> None:
         self.close(1000)
         self._exit_stack.close()
+        self._client._outcomes.drop_context(self._client_port)
         if exc_type is None and not self._server_exception_seen:
             # Wait for the endpoint to finish, to raise what it let escape (Starlette does).
             self._client._raise_server_exception(self._client_port, wait=self._client.timeout)
@@ -415,6 +486,26 @@ class WebSocketTestSession:
     def send_json(self, data: Any, mode: str = "text") -> None:
         text = json_module.dumps(data, separators=(",", ":"), ensure_ascii=False)
         self._send(text if mode == "text" else text.encode("utf-8"))
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        """Send an ASGI-style message, as Starlette's session: ``{"type":
+        "websocket.receive", "text": ...}`` (or ``"bytes"``), or ``{"type":
+        "websocket.disconnect", "code": ..., "reason": ...}`` to close."""
+        kind = message.get("type")
+        if kind == "websocket.receive":
+            if message.get("text") is not None:
+                self._send(message["text"])
+            elif message.get("bytes") is not None:
+                self._send(bytes(message["bytes"]))
+            else:
+                raise ValueError('a "websocket.receive" message needs "text" or "bytes"')
+        elif kind == "websocket.disconnect":
+            self.close(message.get("code", 1000), message.get("reason"))
+        else:
+            raise ValueError(
+                'send() takes a "websocket.receive" or "websocket.disconnect" message, '
+                f"got type {kind!r}"
+            )
 
     def _send(self, data: str | bytes) -> None:
         closed = _import_websockets().ConnectionClosed
@@ -470,6 +561,14 @@ class WebSocketTestSession:
     def close(self, code: int = 1000, reason: str | None = None) -> None:
         if self._connection is not None:
             self._connection.close(code, reason or "")
+
+
+class WebSocketDenialResponse(ClientResponse, WebSocketDisconnect):
+    """The app answered the handshake with ``send_denial_response``: this is that HTTP
+    response (``status_code``, ``headers``, ``content``), raised by ``websocket_connect``."""
+
+    def __str__(self) -> str:
+        return f"the WebSocket handshake was denied with HTTP {self.status_code}"
 
 
 def _close_code_and_reason(exc: Any) -> tuple[int, str]:

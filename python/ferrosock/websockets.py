@@ -10,12 +10,16 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import _engine
 from .datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
 from .exceptions import WebSocketDisconnect
+from .outcomes import Refusal, report_refusal
+
+if TYPE_CHECKING:
+    from .responses import Response
 
 logger = logging.getLogger("ferrosock.error")
 
@@ -37,13 +41,24 @@ def _check_mode(mode: str) -> None:
         raise RuntimeError('The "mode" argument should be "text" or "binary".')
 
 
-class WebSocket:
-    """One WebSocket connection, as a handler sees it."""
+_CONNECTING = WebSocketState.CONNECTING.value
+
+
+class WebSocket(Mapping[str, Any]):
+    """One WebSocket connection, as a handler sees it; like Starlette's, also a read-only
+    mapping over its ``scope`` (``websocket["path"]``)."""
+
+    # A mapping compares by content; a connection is itself (managers keep them in lists).
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(self, connection: _engine.Connection, app: Any = None) -> None:
         self._connection = connection
         self.app = app
         self.state = State()
+        self._scope: dict[str, Any] | None = None
+        self._connect_received = False
+        self.refusal: Refusal | None = None
         self._headers: Headers | None = None
         self._query_params: QueryParams | None = None
         self._cookies: dict[str, str] | None = None
@@ -105,6 +120,20 @@ class WebSocket:
     @property
     def scope(self) -> dict[str, Any]:
         """An ASGI-like scope, for code that reads ``websocket.scope[...]``."""
+        if self._scope is None:
+            self._scope = self._build_scope()
+        return self._scope
+
+    def __getitem__(self, key: str) -> Any:
+        return self.scope[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scope)
+
+    def __len__(self) -> int:
+        return len(self.scope)
+
+    def _build_scope(self) -> dict[str, Any]:
         connection = self._connection
         return {
             "type": "websocket",
@@ -157,12 +186,18 @@ class WebSocket:
         if headers is not None:
             extra = [(_text(name), _text(value)) for name, value in headers]
         accepted = self._connection.accept(subprotocol, extra)
+        self._connect_received = True  # receive() goes straight to the engine from now on
         if logger.isEnabledFor(logging.INFO):
             host, port = self._connection.client
             logger.info('%s:%d - "WebSocket %s" [accepted]', host, port, self._connection.path)
         return accepted
 
     def receive(self) -> Awaitable[dict[str, Any]]:
+        """The next ASGI-style message. Before ``accept`` the first is
+        ``{"type": "websocket.connect"}``, as in Starlette."""
+        if not self._connect_received and self._connection.application_state == _CONNECTING:
+            self._connect_received = True
+            return _ready({"type": "websocket.connect"})
         return self._connection.receive()
 
     def receive_text(self) -> Awaitable[str]:
@@ -213,25 +248,59 @@ class WebSocket:
 
     async def send(self, message: dict[str, Any]) -> None:
         """The ASGI-style send, for code written against Starlette's low-level API."""
-        kind = message["type"]
+        kind = message.get("type")
         if kind == "websocket.accept":
             await self.accept(message.get("subprotocol"), message.get("headers"))
         elif kind == "websocket.send":
             if message.get("text") is not None:
                 await self.send_text(message["text"])
-            else:
+            elif message.get("bytes") is not None:
                 await self.send_bytes(message["bytes"])
+            else:
+                raise RuntimeError(
+                    'a "websocket.send" message needs a "text" or a "bytes" value, got neither'
+                )
         elif kind == "websocket.close":
             await self.close(message.get("code", 1000), message.get("reason"))
         else:
-            raise RuntimeError(f"unknown WebSocket message type {kind!r}")
+            raise RuntimeError(
+                'Expected ASGI message "websocket.accept", "websocket.send" or '
+                f'"websocket.close", but got {kind!r}'
+            )
 
     def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]:
-        """Close with ``code``; before ``accept`` this refuses the handshake (HTTP 403)."""
+        """Close with ``code``; before ``accept`` this refuses the handshake (HTTP 403, the
+        code and reason are logged). A second close raises ``RuntimeError``."""
+        if self._connection.application_state == _CONNECTING:
+            self._refuse(Refusal(403, code, reason or ""))
         return self._connection.close(code, reason)
+
+    async def send_denial_response(self, response: Response) -> None:
+        """Answer the handshake with ``response`` (status, headers, body) instead of the
+        upgrade; only before ``accept``."""
+        if self._connection.application_state != _CONNECTING:
+            raise RuntimeError(
+                "send_denial_response must be called before accept() and before close()"
+            )
+        self._refuse(Refusal(response.status_code))
+        self._connection.reject(response.status_code, response.raw_headers, response.body)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+        report_refusal(self, refusal)
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.id} {self._connection.path}>"
+
+
+async def close_unless_closed(websocket: WebSocket, code: int, reason: str | None = None) -> None:
+    """Close (or, before ``accept``, refuse) unless the app already did."""
+    if websocket.application_state in (WebSocketState.CONNECTING, WebSocketState.CONNECTED):
+        await websocket.close(code, reason)
+
+
+async def _ready(message: dict[str, Any]) -> dict[str, Any]:
+    return message
 
 
 def _text(value: bytes | str) -> str:
