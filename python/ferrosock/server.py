@@ -19,8 +19,10 @@ from .config import Config
 from .exceptions import WebSocketDisconnect, WebSocketException
 from .logs import log_level_number, read_log_config
 from .manager import BackendSettings, configure_backends, stop_backends
+from .metrics import PROMETHEUS_CONTENT_TYPE, collect, prometheus_text
 from .requests import Request
 from .responses import PlainTextResponse, Response
+from .routing import APIRoute
 from .websockets import WebSocket, WebSocketState
 
 logger = logging.getLogger("ferrosock.error")
@@ -76,6 +78,8 @@ class Server:
 
     def _start_engine(self, loop: asyncio.AbstractEventLoop) -> _engine.Server:
         self._routes = list(self.app.routes)
+        if self.config.metrics_path:
+            self._routes.append(metrics_route(self.config.metrics_path))
         table = [(r.path, r.kind, list(r.methods), i) for i, r in enumerate(self._routes)]
         engine = _engine.Server(
             table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
@@ -217,8 +221,18 @@ class _signals_handled:
             self.loop.remove_signal_handler(sig)
 
 
+def metrics_route(path: str) -> APIRoute:
+    async def metrics_page() -> Response:
+        text = prometheus_text(collect())
+        return Response(text, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return APIRoute(path, metrics_page, name="metrics")
+
+
 def check_settings(config: Config) -> None:
     """Fail before anything starts when a setting has a bad value (ValueError naming it)."""
+    if config.metrics_path is not None and not config.metrics_path.startswith("/"):
+        raise ValueError(f"metrics_path must start with '/', not {config.metrics_path!r}")
     BackendSettings.from_config(config)
     log_level_number(config.log_level)
     if config.log_config is not None:
