@@ -29,12 +29,15 @@ pub enum Incoming {
 }
 
 impl Incoming {
-    fn size(&self) -> usize {
+    fn len(&self) -> usize {
         match self {
             Incoming::Text(text) => text.len(),
             Incoming::Binary(data) => data.len(),
         }
-        .max(MESSAGE_FLOOR)
+    }
+
+    fn size(&self) -> usize {
+        self.len().max(MESSAGE_FLOOR)
     }
 }
 
@@ -235,6 +238,7 @@ impl ConnShared {
     /// Called by the IO task for each data message.
     pub fn deliver(self: &Arc<Self>, message: Incoming) {
         stats::bump(&counter::messages_received);
+        stats::add(&counter::bytes_received, message.len() as u64);
         let wake = {
             let mut inbox = self.inbox.lock();
             inbox.bytes += message.size();
@@ -298,6 +302,7 @@ impl ConnShared {
             return Err(self.close_info().unwrap_or_else(lost));
         }
         stats::bump(&counter::messages_sent);
+        stats::add(&counter::bytes_sent, frame.payload.len() as u64);
         Ok(self.push(frame))
     }
 
@@ -330,8 +335,9 @@ impl ConnShared {
         if queued + size > limit && queued > 0 {
             return Offer::Full;
         }
-        self.queue(frame);
         stats::bump(&counter::messages_sent);
+        stats::add(&counter::bytes_sent, frame.payload.len() as u64);
+        self.queue(frame);
         Offer::Queued
     }
 
@@ -491,6 +497,7 @@ impl ConnShared {
             )
         };
         stats::bump(&counter::connections_closed);
+        stats::record_close(code);
         if wake_receiver {
             self.server.bridge.push(Event::WakeReceive(self.clone()));
         }

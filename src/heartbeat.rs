@@ -28,9 +28,9 @@ pub fn pong(shared: &ConnShared, payload: &[u8]) {
     if let Ok(sent) = <[u8; 8]>::try_from(payload) {
         let sent = u64::from_be_bytes(sent);
         if sent <= now {
-            shared
-                .latency_us
-                .store(((now - sent) / 1000).max(1), Ordering::Relaxed);
+            let micros = ((now - sent) / 1000).max(1);
+            shared.latency_us.store(micros, Ordering::Relaxed);
+            crate::stats::record_rtt(micros);
         }
     }
     shared.last_pong_at.store(now, Ordering::Release);

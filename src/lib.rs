@@ -33,6 +33,25 @@ fn engine_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(dict)
 }
 
+/// Everything `stats()` has, plus `close_codes` ({label: count}) and `ping_rtt`
+/// (`bounds_us`, per-bucket `counts` with one past the last bound, `sum_us`).
+#[pyfunction(name = "metrics")]
+fn engine_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let dict = engine_stats(py)?;
+    let codes = PyDict::new(py);
+    for (label, count) in stats::close_codes() {
+        codes.set_item(label, count)?;
+    }
+    dict.set_item("close_codes", codes)?;
+    let (counts, sum_us) = stats::rtt_histogram();
+    let rtt = PyDict::new(py);
+    rtt.set_item("bounds_us", stats::RTT_BOUNDS_US.to_vec())?;
+    rtt.set_item("counts", counts)?;
+    rtt.set_item("sum_us", sum_us)?;
+    dict.set_item("ping_rtt", rtt)?;
+    Ok(dict)
+}
+
 #[pymodule]
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<server::Server>()?;
@@ -42,5 +61,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<awaitable::Op>()?;
     module.add_class::<awaitable::Done>()?;
     module.add_function(wrap_pyfunction!(engine_stats, module)?)?;
+    module.add_function(wrap_pyfunction!(engine_metrics, module)?)?;
     Ok(())
 }

@@ -1,8 +1,11 @@
-//! Process-wide counters of the bridge, read from Python with `ferrosock._engine.stats()`.
+//! Process-wide counters, read from Python with `ferrosock._engine.stats()` and, with the
+//! close codes and the ping round-trip histogram, `ferrosock._engine.metrics()`.
 //!
-//! They exist so that tests and benchmarks can show what the fast path does: how often an
+//! They exist so that tests and benchmarks can show what the fast path does (how often an
 //! awaitable had to park on a loop future, how many eventfd wake-ups were written, how many
-//! events each drain handled. Relaxed atomics: counters, not synchronisation.
+//! events each drain handled) and so that a server can be watched (`app.metrics()`, the
+//! Prometheus page): connections, messages and bytes each way, how connections ended.
+//! Relaxed atomics: counters, not synchronisation; never a Python call per event.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +35,8 @@ counters!(
     connections_closed,
     messages_received,
     messages_sent,
+    bytes_received,
+    bytes_sent,
     http_requests,
     handshakes_rejected,
 );
@@ -44,4 +49,92 @@ pub fn bump(counter: &AtomicU64) {
 #[inline]
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Close codes counted one by one: RFC 6455's 1000–1015; 3000–4999 go in two buckets.
+const FIRST_CODE: u16 = 1000;
+const LAST_CODE: u16 = 1015;
+const CODE_SLOTS: usize = (LAST_CODE - FIRST_CODE + 1) as usize;
+static CLOSE_CODES: [AtomicU64; CODE_SLOTS + 3] = [const { AtomicU64::new(0) }; CODE_SLOTS + 3];
+const SLOT_3XXX: usize = CODE_SLOTS;
+const SLOT_4XXX: usize = CODE_SLOTS + 1;
+const SLOT_OTHER: usize = CODE_SLOTS + 2;
+
+/// A connection ended with `code` (the code its handler sees).
+pub fn record_close(code: u16) {
+    let slot = match code {
+        FIRST_CODE..=LAST_CODE => usize::from(code - FIRST_CODE),
+        3000..=3999 => SLOT_3XXX,
+        4000..=4999 => SLOT_4XXX,
+        _ => SLOT_OTHER,
+    };
+    bump(&CLOSE_CODES[slot]);
+}
+
+/// Every close code seen, as its label ("1000", …, "3xxx", "4xxx", "other") and count.
+pub fn close_codes() -> Vec<(String, u64)> {
+    CLOSE_CODES
+        .iter()
+        .enumerate()
+        .map(|(slot, count)| {
+            let label = match slot {
+                SLOT_3XXX => "3xxx".to_owned(),
+                SLOT_4XXX => "4xxx".to_owned(),
+                SLOT_OTHER => "other".to_owned(),
+                _ => (FIRST_CODE + slot as u16).to_string(),
+            };
+            (label, count.load(Ordering::Relaxed))
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+/// Upper bounds, in microseconds, of the ping round-trip histogram's buckets.
+pub const RTT_BOUNDS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+static RTT_BUCKETS: [AtomicU64; RTT_BOUNDS_US.len() + 1] =
+    [const { AtomicU64::new(0) }; RTT_BOUNDS_US.len() + 1];
+static RTT_SUM_US: AtomicU64 = AtomicU64::new(0);
+
+/// A pong came back `micros` after its ping.
+pub fn record_rtt(micros: u64) {
+    let bucket = RTT_BOUNDS_US
+        .iter()
+        .position(|bound| micros <= *bound)
+        .unwrap_or(RTT_BOUNDS_US.len());
+    bump(&RTT_BUCKETS[bucket]);
+    add(&RTT_SUM_US, micros);
+}
+
+/// The histogram: per-bucket counts (not cumulative; the last one past every bound) and
+/// the sum of all round trips in microseconds.
+pub fn rtt_histogram() -> (Vec<u64>, u64) {
+    let counts = RTT_BUCKETS
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    (counts, RTT_SUM_US.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_and_round_trips_land_in_their_slots() {
+        record_close(1000);
+        record_close(1000);
+        record_close(4001);
+        record_close(2);
+        let codes = close_codes();
+        assert!(codes.iter().any(|(l, n)| l == "1000" && *n >= 2));
+        assert!(codes.iter().any(|(l, n)| l == "4xxx" && *n >= 1));
+        assert!(codes.iter().any(|(l, n)| l == "other" && *n >= 1));
+        record_rtt(90);
+        record_rtt(5_000_000);
+        let (counts, sum) = rtt_histogram();
+        assert!(counts[0] >= 1 && counts[RTT_BOUNDS_US.len()] >= 1);
+        assert!(sum >= 5_000_090);
+    }
 }

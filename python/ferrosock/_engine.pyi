@@ -169,6 +169,10 @@ class Registry:
     @property
     def backend_state(self) -> str | None: ...
 
+def metrics() -> dict[str, Any]:
+    """``stats()`` plus ``close_codes`` ({label: count}) and ``ping_rtt`` (``bounds_us``,
+    per-bucket ``counts`` with one past the last bound, ``sum_us``)."""
+
 def stats() -> dict[str, int]:
     """Process-wide bridge counters: ``futures_created`` (parks), ``fast_completions``,
     ``wakeups`` (eventfd writes), ``drains``, ``events``, ``yields``."""

@@ -16,6 +16,7 @@ from typing import Any
 from ferrosock.config import Config
 from ferrosock.datastructures import State
 from ferrosock.exceptions import ExceptionHandler
+from ferrosock.metrics import collect
 from ferrosock.params import Depends
 from ferrosock.responses import JSONResponse, Response
 from ferrosock.routing import APIRoute, APIRouter, Endpoint, Route, WebSocketRoute
@@ -60,6 +61,12 @@ class App:
     @property
     def routes(self) -> list[Route]:
         return self.router.routes
+
+    def metrics(self) -> dict[str, Any]:
+        """This process's engine counters and every native manager's (see
+        ``ferrosock.metrics.collect``); the ``metrics_path`` setting serves them to
+        Prometheus."""
+        return collect()
 
     def lifespan_context(self, app: Any) -> AbstractAsyncContextManager[Any]:
         """The server enters this before serving and leaves it after the last connection:

@@ -55,6 +55,10 @@ class Config:
         default=5.0, metadata={"help": "seconds a closing handshake may take"}
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
+    metrics_path: str | None = field(
+        default=None,
+        metadata={"help": "HTTP path serving app.metrics() in the Prometheus text format"},
+    )
     log_config: str | None = field(
         default=None,
         metadata={"help": "logging configuration file: JSON or YAML (dictConfig) or INI"},

@@ -267,6 +267,11 @@ def stop_backends(loop: asyncio.AbstractEventLoop) -> None:
         manager._backend.detach(loop)
 
 
+def live_managers() -> list[ConnectionManager]:
+    """Every native manager this process still holds."""
+    return list(_live_managers)
+
+
 def partitioned_managers(config: Config) -> int:
     """How many live managers a ``--workers`` run would split between processes."""
     if config.broadcast_backend:

@@ -21,8 +21,10 @@ from .config import Config
 from .exceptions import WebSocketDisconnect, call_exception_handler, server_error_handler
 from .logs import log_level_number, read_log_config
 from .manager import BackendSettings, configure_backends, stop_backends
+from .metrics import PROMETHEUS_CONTENT_TYPE, collect, prometheus_text
 from .requests import Request
 from .responses import PlainTextResponse, Response
+from .routing import APIRoute
 from .websockets import WebSocket, WebSocketState, close_unless_closed
 
 # Given a client's (host, port): the context its handler runs in, or None for a copy of
@@ -83,6 +85,8 @@ class Server:
 
     def _start_engine(self, loop: asyncio.AbstractEventLoop) -> _engine.Server:
         self._routes = list(self.app.routes)
+        if self.config.metrics_path:
+            self._routes.append(metrics_route(self.config.metrics_path))
         table = [
             (r.template.engine_path, r.kind, list(r.methods), i) for i, r in enumerate(self._routes)
         ]
@@ -259,8 +263,18 @@ class _signals_handled:
             self.loop.remove_signal_handler(sig)
 
 
+def metrics_route(path: str) -> APIRoute:
+    async def metrics_page() -> Response:
+        text = prometheus_text(collect())
+        return Response(text, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return APIRoute(path, metrics_page, name="metrics")
+
+
 def check_settings(config: Config) -> None:
     """Fail before anything starts when a setting has a bad value (ValueError naming it)."""
+    if config.metrics_path is not None and not config.metrics_path.startswith("/"):
+        raise ValueError(f"metrics_path must start with '/', not {config.metrics_path!r}")
     BackendSettings.from_config(config)
     log_level_number(config.log_level)
     if config.log_config is not None:

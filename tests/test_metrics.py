@@ -1,0 +1,100 @@
+"""``metrics_path`` serves the engine's and the managers' counters in the Prometheus text
+format; the figures move as clients connect, send and leave."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+from core_server import TESTS_DIR
+from core_support import http_request
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+
+from ferrosock import App, WebSocket
+from ferrosock.testclient import TestClient
+
+TIMEOUT = 5.0
+
+
+async def scrape(server) -> dict[tuple[str, tuple], float]:
+    response = await http_request(server.port, "/metrics")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_move_as_clients_connect_send_and_leave(start_server):
+    server = start_server(
+        "apps.cluster:app", "--metrics-path", "/metrics", "--ws-ping-interval", "0.1"
+    )
+    before = await scrape(server)
+    assert value(before, "ferrosock_open_connections") == 0
+    websocket = await connect(server.ws_url("/ws/lobby"), open_timeout=TIMEOUT)
+    await websocket.recv()  # {"id": ...}
+    payload = "x" * 1000
+    for _ in range(3):
+        await websocket.send(json.dumps({"broadcast": payload}))
+        assert await asyncio.wait_for(websocket.recv(), TIMEOUT) == payload
+    await asyncio.sleep(0.35)  # a few keepalive pings come back
+    during = await scrape(server)
+    assert value(during, "ferrosock_open_connections") == 1
+    assert value(during, "ferrosock_connections_opened_total") == 1
+    assert value(during, "ferrosock_messages_received_total") == 3
+    assert value(during, "ferrosock_bytes_received_total") >= 3 * len(payload)
+    assert value(during, "ferrosock_messages_sent_total") == 4  # the id, then 3 broadcasts
+    assert value(during, "ferrosock_bytes_sent_total") >= 3 * len(payload)
+    assert value(during, "ferrosock_manager_members", manager="default") == 1
+    assert value(during, "ferrosock_manager_delivered_total", manager="default") == 3
+    assert value(during, "ferrosock_ping_rtt_seconds_count") >= 1
+    assert value(during, "ferrosock_ping_rtt_seconds_bucket", le="+Inf") == value(
+        during, "ferrosock_ping_rtt_seconds_count"
+    )
+    await websocket.close(code=4001)
+    await asyncio.sleep(0.2)
+    after = await scrape(server)
+    assert value(after, "ferrosock_open_connections") == 0
+    assert value(after, "ferrosock_connections_closed_total") == 1
+    assert value(after, "ferrosock_close_codes_total", code="4xxx") == 1
+    assert value(after, "ferrosock_manager_members", manager="default") == 0
+
+
+def test_app_metrics_is_a_dictionary_of_the_same_figures():
+    app = App()
+
+    @app.websocket("/echo")
+    async def echo(websocket: WebSocket):
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    before = app.metrics()
+    with TestClient(app) as client, client.websocket_connect("/echo") as websocket:
+        websocket.send_text("hello")
+        assert websocket.receive_text() == "hello"
+    after = app.metrics()
+    assert after["messages_received"] == before["messages_received"] + 1
+    assert after["bytes_received"] == before["bytes_received"] + 5
+    assert after["close_codes"].get("1000", 0) == before["close_codes"].get("1000", 0) + 1
+    assert set(after["ping_rtt"]) == {"bounds_us", "counts", "sum_us"}
+
+
+def test_a_metrics_path_without_a_slash_fails_at_startup():
+    result = subprocess.run(
+        [sys.executable, "-m", "ferrosock", "run", "apps.cluster:app", "--metrics-path", "x"],
+        cwd=TESTS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0 and "metrics_path" in result.stderr
