@@ -13,6 +13,10 @@ against FastAPI on uvicorn. Results go to bench/results/<date>.json and .md.
     python bench/run.py --setup         # create bench/.venv with the peers and ferrosock
     python bench/run.py --only fastapi-uvicorn,reference --workloads echo-100,idle-1000
 
+The cross-process workload (broadcast-cluster-1000) runs two server processes sharing a
+redis-server that this script starts on a free loopback port (all three on CPU 0); it is
+skipped, with a note, where redis-server is not installed.
+
 Exit status: 0 when every ferrosock run served correctly (counts and order checked),
 1 when one did not (or ferrosock could not be started), 2 on a usage or build error.
 Peers that fail are recorded in the results but do not fail the run.
@@ -74,6 +78,9 @@ class Workload:
     kind: str  # echo | broadcast | handshake | idle
     args: tuple[str, ...] = ()
     conns: int = 0  # idle only
+    processes: int = 1  # server processes; more than one share a broker (Redis)
+    baseline: str = BASELINE  # the server the ratios are against
+    compare: str | None = None  # the in-process workload a cross-process one is set against
 
     @property
     def timed(self) -> bool:
@@ -105,6 +112,15 @@ WORKLOADS = [
         ("--conns", "1000", "--window", "8"),
     ),
     Workload(
+        "broadcast-cluster-1000",
+        "broadcast to 1000 subscribers on 2 processes sharing Redis, 64 B",
+        "broadcast",
+        ("--conns", "1000", "--window", "8"),
+        processes=2,
+        baseline="fastapi-broadcaster",
+        compare="broadcast-1000",
+    ),
+    Workload(
         "handshake",
         "handshakes (open, close), 8 at a time",
         "handshake",
@@ -115,7 +131,14 @@ WORKLOADS = [
     Workload("idle-18000", "idle connections: 18 000", "idle", conns=18000),
 ]
 WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
-QUICK_WORKLOADS = ["echo-100", "echo-inflight", "broadcast-100", "handshake", "idle-1000"]
+QUICK_WORKLOADS = [
+    "echo-100",
+    "echo-inflight",
+    "broadcast-100",
+    "broadcast-cluster-1000",
+    "handshake",
+    "idle-1000",
+]
 
 UNITS = {"echo": "message", "broadcast": "delivery", "handshake": "handshake", "idle": "connection"}
 
@@ -133,10 +156,26 @@ class Server:
     workloads: tuple[str, ...] | None = None  # None: every workload
     is_ferrosock: bool = False
     unavailable: str | None = None
+    # The environment variable that gives the server the shared broker's URL; None: its
+    # processes cannot share one, so it runs no cross-process workload.
+    broker_env: str | None = None
 
     def command(self, port: int) -> list[str]:
         fill = {"python": self.python or "", "host": HOST, "port": str(port), "apps": str(APPS)}
         return [part.format(**fill) for part in self.argv]
+
+    def runs(self, workload: Workload) -> bool:
+        chosen = self.workloads is None or workload.name in self.workloads
+        return chosen and (workload.processes == 1 or self.broker_env is not None)
+
+
+# The broker that cross-process workloads share: persistence off, loopback only.
+BROKER = Server(
+    "redis",
+    "Redis",
+    None,
+    ["redis-server", "--bind", "{host}", "--port", "{port}", "--save", "", "--appendonly", "no"],
+)
 
 
 def imports(python: str, modules: tuple[str, ...]) -> str | None:
@@ -171,22 +210,23 @@ def find_ferrosock_python(explicit: str | None) -> tuple[str | None, str]:
     return None, "; ".join(problems)
 
 
+# Where uvicorn and ferrosock listen, logging warnings only.
+LISTEN_QUIETLY = ("--host", "{host}", "--port", "{port}", "--log-level", "warning")
+
+
 def peer_servers(peer_python: str) -> list[Server]:
-    uvicorn = [
-        "{python}",
-        "-m",
-        "uvicorn",
-        "fastapi_app:app",
-        "--host",
-        "{host}",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--backlog",
-        "4096",
-    ]
+    def uvicorn(app: str) -> list[str]:
+        return [
+            "{python}",
+            "-m",
+            "uvicorn",
+            app,
+            *LISTEN_QUIETLY,
+            "--no-access-log",
+            "--backlog",
+            "4096",
+        ]
+
     granian = [
         "{python}",
         "-m",
@@ -209,7 +249,11 @@ def peer_servers(peer_python: str) -> list[Server]:
     ]
     return [
         Server(
-            BASELINE, "FastAPI + uvicorn", peer_python, uvicorn, ("fastapi", "uvicorn", "uvloop")
+            BASELINE,
+            "FastAPI + uvicorn",
+            peer_python,
+            uvicorn("fastapi_app:app"),
+            ("fastapi", "uvicorn", "uvloop"),
         ),
         Server(
             "fastapi-granian", "FastAPI + Granian", peer_python, granian, ("fastapi", "granian")
@@ -235,6 +279,15 @@ def peer_servers(peer_python: str) -> list[Server]:
             ["{python}", "socketify_app.py", "--host", "{host}", "--port", "{port}"],
             ("socketify",),
         ),
+        Server(
+            "fastapi-broadcaster",
+            "FastAPI + uvicorn + broadcaster",
+            peer_python,
+            uvicorn("fastapi_broadcaster_app:app"),
+            ("fastapi", "uvicorn", "uvloop", "broadcaster", "redis"),
+            workloads=("broadcast-cluster-1000",),
+            broker_env="BROADCAST_URL",
+        ),
     ]
 
 
@@ -248,12 +301,7 @@ def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
             f"ferrosock_app:{app}",
             "--app-dir",
             "{apps}",
-            "--host",
-            "{host}",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
+            *LISTEN_QUIETLY,
             "--backlog",
             "4096",
         ]
@@ -267,8 +315,9 @@ def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
             "ferrosock (native manager)",
             python,
             run("native_app"),
-            workloads=("broadcast-100", "broadcast-1000"),
+            workloads=("broadcast-100", "broadcast-1000", "broadcast-cluster-1000"),
             is_ferrosock=True,
+            broker_env="FERROSOCK_BROADCAST_BACKEND",
         ),
     ]
     if python is None:
@@ -349,9 +398,9 @@ def free_port() -> int:
 
 
 class Running:
-    """A started server: its PID, port and log."""
+    """A started server process: its PID, port and log."""
 
-    def __init__(self, server: Server, label: str):
+    def __init__(self, server: Server, label: str, broker_url: str | None = None):
         self.server = server
         self.port = free_port()
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -359,6 +408,10 @@ class Running:
         self.log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONPATH=str(APPS), PYTHONUNBUFFERED="1")
         env.pop("PYTHONHOME", None)
+        if server.broker_env:
+            env.pop(server.broker_env, None)
+            if broker_url:
+                env[server.broker_env] = broker_url
         self.process = subprocess.Popen(
             pinned(SERVER_CPU, server.command(self.port)),
             cwd=APPS,
@@ -415,6 +468,58 @@ class Running:
         self.log.close()
 
 
+class Deployment:
+    """What one workload runs against: one server process, or `workload.processes` of
+    them sharing a redis-server started first (all on the server's CPU)."""
+
+    def __init__(self, server: Server, workload: Workload, label: str):
+        self.processes = workload.processes
+        self.broker: Running | None = None
+        self.servers: list[Running] = []
+        self.problem: str | None = None
+        if self.processes > 1:
+            self.broker = Running(BROKER, label)
+            self.problem = self.broker.wait_ready(timeout=20)
+            if self.problem:
+                self.problem = f"redis-server {self.problem}"
+                return
+        url = f"redis://{HOST}:{self.broker.port}/0" if self.broker else None
+        for index in range(self.processes):
+            name = f"{label}-{index + 1}" if self.processes > 1 else label
+            self.servers.append(Running(server, name, url))
+        for running in self.servers:
+            self.problem = running.wait_ready()
+            if self.problem:
+                return
+
+    def fits(self, workload: Workload) -> bool:
+        return self.processes == workload.processes and self.alive()
+
+    def everyone(self) -> list[Running]:
+        """The server processes, then the broker."""
+        return [*self.servers, *([self.broker] if self.broker else [])]
+
+    def alive(self) -> bool:
+        return all(running.alive() for running in self.everyone())
+
+    def log_tail(self) -> str:
+        """The last lines of whichever processes died."""
+        dead = [r for r in self.everyone() if not r.alive()]
+        return " / ".join(f"{r.log_path.name}: {r.log_tail()}" for r in dead)
+
+    def loadgen_args(self) -> list[str]:
+        """Where the load generator connects, and whose CPU it reads."""
+        args = ["--port", ",".join(str(r.port) for r in self.servers)]
+        args += ["--server-pid", ",".join(str(r.pid) for r in self.servers)]
+        if self.broker:
+            args += ["--broker-pid", str(self.broker.pid)]
+        return args
+
+    def stop(self) -> None:
+        for running in self.everyone():
+            running.stop()
+
+
 def calibrate() -> dict:
     """How fast the server's CPU is right now (`loadgen calibrate`, ~0.2 s)."""
     done = subprocess.run(
@@ -464,17 +569,14 @@ class CpuSpeed:
         return flags
 
 
-def run_loadgen(workload: Workload, running: Running, warmup: float, duration: float) -> dict:
+def run_loadgen(workload: Workload, target: Deployment, warmup: float, duration: float) -> dict:
     argv = [
         str(LOADGEN),
         workload.kind,
         *workload.args,
         "--host",
         HOST,
-        "--port",
-        str(running.port),
-        "--server-pid",
-        str(running.pid),
+        *target.loadgen_args(),
         "--warmup",
         str(warmup),
         "--duration",
@@ -561,7 +663,24 @@ def derive(report: dict, workload: Workload) -> dict:
         flags.append("client-bound: the load generator was near 100%")
     result["noisy"] = any(flag.startswith("noisy") for flag in flags)
     result["flags"] = flags
+    if workload.processes > 1:
+        result.update(cross_process_figures(report, window, ops))
     return result
+
+
+def cross_process_figures(report: dict, window: float, ops: int) -> dict:
+    """The broker's own CPU (not in the server's figure), and the latency at the members
+    on the other processes than the sender's, whose messages went through the broker."""
+    cpu = report["cpu"]
+    broker_s = cpu.get("broker_ticks", 0) / cpu["clk_tck"]
+    far = report.get("latency_far_us") or {}
+    return {
+        "broker_cpu_us_per_op": (broker_s * 1e6 / ops) if ops else None,
+        "broker_cpu_pct": round(100.0 * broker_s / window, 1),
+        "latency_far_p50_us": far.get("p50"),
+        "latency_far_p99_us": far.get("p99"),
+        "latency_far_count": far.get("count"),
+    }
 
 
 @dataclass
@@ -599,18 +718,18 @@ def keep_better(kept: dict | None, new: dict) -> dict:
 
 def measure_timed(server: Server, workloads: list[Workload], plan: Plan, say) -> dict:
     results: dict[str, dict] = {}
-    running: Running | None = None
+    running: Deployment | None = None
     try:
         for workload in workloads:
             if plan.spent():
                 results[workload.name] = dict(SKIPPED)
                 continue
-            if running is None or not running.alive():
+            if running is None or not running.fits(workload):
                 if running is not None:
                     running.stop()
-                running = Running(server, "timed")
-                problem = running.wait_ready()
-                if problem:
+                running = Deployment(server, workload, "timed")
+                if running.problem:
+                    problem = running.problem
                     # A server that cannot start will not start for the next workload either.
                     say(f"  server did not start: {problem}")
                     for rest in workloads[workloads.index(workload) :]:
@@ -654,15 +773,15 @@ def measure_timed(server: Server, workloads: list[Workload], plan: Plan, say) ->
 
 
 def measure_idle(server: Server, workload: Workload, say) -> dict:
-    running = Running(server, workload.name)
+    deployment = Deployment(server, workload, workload.name)
     try:
-        problem = running.wait_ready()
-        if problem:
-            say(f"  server did not start: {problem}")
-            return {"ok": False, "errors": [f"server did not start: {problem}"]}
+        if deployment.problem:
+            say(f"  server did not start: {deployment.problem}")
+            return {"ok": False, "errors": [f"server did not start: {deployment.problem}"]}
+        running = deployment.servers[0]
         # Warm the server up with a few connections, then take the baseline.
         warm = run_loadgen(
-            Workload("warm", "", "echo", ("--conns", "20")), running, warmup=0.0, duration=0.3
+            Workload("warm", "", "echo", ("--conns", "20")), deployment, warmup=0.0, duration=0.3
         )
         time.sleep(0.5)
         baseline = tree_rss_bytes(running.pid)
@@ -742,7 +861,7 @@ def measure_idle(server: Server, workload: Workload, say) -> dict:
         say("  " + describe(workload, result))
         return result
     finally:
-        running.stop()
+        deployment.stop()
 
 
 def describe(workload: Workload, result: dict) -> str:
@@ -760,6 +879,13 @@ def describe(workload: Workload, result: dict) -> str:
             f"  server {fmt_us(cpu):>6} us/op ({result['server_cpu_pct']:.0f}% cpu)"
             f"  loadgen {result['loadgen_cpu_pct']:.0f}%  others {result['others_cpu_pct']:.0f}%"
         )
+        if "broker_cpu_pct" in result:
+            text += (
+                f"  redis {fmt_us(result['broker_cpu_us_per_op'])} us/op"
+                f" ({result['broker_cpu_pct']:.0f}% cpu)"
+                f"  far p50 {fmt_us(result['latency_far_p50_us'])}"
+                f" p99 {fmt_us(result['latency_far_p99_us'])} us"
+            )
     else:
         text = f"{workload.name:15} {state}"
     if not result.get("ok"):
@@ -802,13 +928,20 @@ def choose_round(attempts: list[dict]) -> dict:
     return chosen
 
 
+def baseline_of(workload_name: str) -> str:
+    """The server a workload's ratios are against (uvicorn, with broadcaster across
+    processes)."""
+    workload = WORKLOADS_BY_NAME.get(workload_name)
+    return workload.baseline if workload else BASELINE
+
+
 def add_ratios(results: dict) -> None:
-    """Each server against FastAPI+uvicorn: how many times the throughput, how many
-    times less CPU per operation, how many times less memory per idle connection."""
-    baseline = results.get(BASELINE, {})
+    """Each server against the workload's baseline (FastAPI+uvicorn): how many times the
+    throughput, how many times less CPU per operation, how many times less memory per
+    idle connection."""
     for server_results in results.values():
         for name, result in server_results.items():
-            base = baseline.get(name)
+            base = results.get(baseline_of(name), {}).get(name)
             if not base or not base.get("ok") or not result.get("ok"):
                 continue
             if result.get("throughput") and base.get("throughput"):
@@ -872,7 +1005,8 @@ def errors_text(result: dict) -> str:
 
 def detail_row(title: str, r: dict) -> list[str]:
     if not r.get("ok") or "throughput" not in r:
-        return [title, "failed", "", "", "", "", "", "", "", errors_text(r)]
+        state = "skipped" if r.get("skipped") else "failed"
+        return [title, state, "", "", "", "", "", "", "", errors_text(r)]
     return [
         title,
         fmt_rate(r["throughput"]),
@@ -912,6 +1046,79 @@ DETAIL_HEADER = [
     "others CPU %",
     "notes",
 ]
+CROSS_HEADER = [
+    "server",
+    "deliveries/s",
+    "server µs/delivery (all processes)",
+    "Redis µs/delivery",
+    "Redis CPU %",
+    "p50 µs",
+    "p99 µs",
+    "far p50 µs",
+    "far p99 µs",
+]
+COMPARE_HEADER = [
+    "server",
+    "CPU per delivery vs in-process",
+    "CPU per delivery vs in-process, Redis included",
+    "far p99 − in-process p99 (ms)",
+]
+
+
+def cross_process_lines(workload: Workload, ran: list[dict], results: dict) -> list[str]:
+    """A cross-process workload's own figures (Redis's CPU, the far members' latency),
+    and each server against its in-process run of `workload.compare`."""
+    rows, compared = [], []
+    for s in ran:
+        r = results[s["name"]].get(workload.name)
+        if not r or not r.get("ok") or "throughput" not in r:
+            continue
+        rows.append(
+            [
+                s["title"],
+                fmt_rate(r["throughput"]),
+                fmt_us(r["server_cpu_us_per_op"]),
+                fmt_us(r.get("broker_cpu_us_per_op")),
+                f"{r.get('broker_cpu_pct', 0):.0f}",
+                f"{r['latency_p50_us']:.0f}",
+                f"{r['latency_p99_us']:.0f}",
+                fmt_us(r.get("latency_far_p50_us")),
+                fmt_us(r.get("latency_far_p99_us")),
+            ]
+        )
+        alone = results[s["name"]].get(workload.compare or "")
+        if alone and alone.get("ok") and alone.get("server_cpu_us_per_op"):
+            cpu, redis = r["server_cpu_us_per_op"], r.get("broker_cpu_us_per_op") or 0.0
+            far_p99 = r.get("latency_far_p99_us")
+            compared.append(
+                [
+                    s["title"],
+                    f"{cpu / alone['server_cpu_us_per_op']:.2f}×",
+                    f"{(cpu + redis) / alone['server_cpu_us_per_op']:.2f}×",
+                    "—"
+                    if far_p99 is None
+                    else f"{(far_p99 - alone['latency_p99_us']) / 1000:+.2f}",
+                ]
+            )
+    lines = [
+        f"## Across processes: {workload.name}",
+        "",
+        f"{workload.processes} server processes and the redis-server they share, all on "
+        f"CPU {SERVER_CPU}; the sender is connected to the first process and the members are "
+        "split evenly. Server CPU is the sum of the server processes; Redis's is not in it "
+        'and is shown apart. "far" is the latency at the members on the other process.',
+        "",
+        *table(CROSS_HEADER, rows),
+    ]
+    if compared:
+        lines += [
+            f"Against the same server's in-process `{workload.compare}` in this run:",
+            "",
+            *table(COMPARE_HEADER, compared),
+        ]
+    return lines
+
+
 IDLE_HEADER = [
     "server",
     "connections",
@@ -949,7 +1156,7 @@ def markdown(document: dict) -> str:
             row = [s["title"]]
             for w in names:
                 r = results[s["name"]].get(w.name)
-                ratio = r.get(ratio_key) if r and s["name"] != BASELINE else None
+                ratio = r.get(ratio_key) if r and s["name"] != baseline_of(w.name) else None
                 row.append(summary_cell(r, figure(r) if r else "", ratio))
             rows.append(row)
         return [heading, "", *table(["server", *(w.name for w in names)], rows)]
@@ -975,6 +1182,8 @@ def markdown(document: dict) -> str:
             "memory_vs_baseline",
         )
 
+    for w in (w for w in timed if w.processes > 1):
+        lines += cross_process_lines(w, ran, results)
     lines += ["## Details", ""]
     for w in timed:
         rows = [
@@ -995,9 +1204,10 @@ def markdown(document: dict) -> str:
             "",
             *table(IDLE_HEADER, rows),
         ]
-    skipped = [s for s in servers if s.get("unavailable")]
-    if skipped:
-        lines += ["## Not run", "", *(f"- {s['title']}: {s['unavailable']}" for s in skipped), ""]
+    not_run = [f"- {s['title']}: {s['unavailable']}" for s in servers if s.get("unavailable")]
+    not_run += [f"- {n}: {why}" for n, why in settings.get("skipped_workloads", {}).items()]
+    if not_run:
+        lines += ["## Not run", "", *not_run, ""]
     versions = ", ".join(f"{k} {v}" for k, v in document["versions"].items())
     lines += [
         f"⚠ = noisy window: other processes used more than {NOISY_OTHERS_PCT:.0f}% of a core, "
@@ -1074,6 +1284,8 @@ def versions(peer_python: str, ferrosock_python: str | None) -> dict:
             "uvloop",
             "picows",
             "socketify",
+            "broadcaster",
+            "redis",
         }
         for line in frozen.splitlines():
             name, _, version = line.partition("==")
@@ -1091,6 +1303,11 @@ def versions(peer_python: str, ferrosock_python: str | None) -> dict:
                 text=True,
             ).stdout.strip()
             or "?"
+        )
+    if shutil.which("redis-server"):
+        banner = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+        found["redis-server"] = next(
+            (w[2:] for w in banner.stdout.split() if w.startswith("v=")), "?"
         )
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -1222,6 +1439,10 @@ def main() -> int:
         log(f"unknown workloads: {', '.join(unknown)} (see --list)")
         return 2
     selected = [w for w in WORKLOADS if w.name in names]
+    # Cross-process workloads need a redis-server to share: skipped, with a note, without.
+    no_broker = [] if shutil.which("redis-server") else [w for w in selected if w.processes > 1]
+    skipped_workloads = {w.name: "redis-server is not installed" for w in no_broker}
+    selected = [w for w in selected if w not in no_broker]
     warmup = options.warmup if options.warmup is not None else (0.3 if options.quick else 1.0)
     duration = options.duration if options.duration is not None else (1.0 if options.quick else 3.0)
     retries = options.retries if options.retries is not None else 0
@@ -1261,11 +1482,19 @@ def main() -> int:
             if s.is_ferrosock:
                 failed_ferrosock.append(f"{s.name}: {s.unavailable}")
     runnable = [s for s in servers if not s.unavailable]
+    for name, why in skipped_workloads.items():
+        log(f"{name}: skipped ({why})")
+        for s in (s for s in runnable if s.runs(WORKLOADS_BY_NAME[name])):
+            results.setdefault(s.name, {})[name] = {
+                "ok": False,
+                "skipped": True,
+                "errors": [f"not run: {why}"],
+            }
     # Rounds go through every server in turn, so that a slow spell of the host lands on
     # one round of each server rather than on all of one server's figures.
     for round_index in range(rounds):
         for s in runnable:
-            mine = [w for w in selected if s.workloads is None or w.name in s.workloads]
+            mine = [w for w in selected if s.runs(w)]
             timed = [w for w in mine if w.timed]
             if not mine or (round_index > 0 and not timed):
                 continue
@@ -1320,10 +1549,17 @@ def main() -> int:
             "noisy_slower_chase_pct": NOISY_SLOWER_CHASE_PCT,
             "best_cpu_speed": plan.speed.best,
             "ferrosock_python": ferrosock_python,
+            "skipped_workloads": skipped_workloads,
         },
         "versions": versions(options.peer_python, ferrosock_python),
         "workloads": {
-            w.name: {"title": w.title, "kind": w.kind, "args": list(w.args), "conns": w.conns}
+            w.name: {
+                "title": w.title,
+                "kind": w.kind,
+                "args": list(w.args),
+                "conns": w.conns,
+                "processes": w.processes,
+            }
             for w in selected
         },
         "servers": [

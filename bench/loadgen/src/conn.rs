@@ -14,7 +14,8 @@ use crate::frame::{self, Event, FrameReader};
 /// Where to connect and what to ask for.
 #[derive(Clone)]
 pub struct Target {
-    pub address: SocketAddr,
+    /// Connection `i` goes to `addresses[i % len]`: one server, or several sharing a broker.
+    pub addresses: Vec<SocketAddr>,
     pub path: String,
     /// Local addresses to spread connections over (127.0.0.x); empty means "let the
     /// kernel choose", i.e. 127.0.0.1.
@@ -72,7 +73,7 @@ async fn connect_tcp(target: &Target, index: usize) -> std::io::Result<TcpStream
         }
         socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
     }
-    let stream = socket.connect(target.address).await?;
+    let stream = socket.connect(target.address(index)).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -88,6 +89,18 @@ fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (key, value) = line.split_once(':')?;
         key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
     })
+}
+
+impl Target {
+    /// The address connection `index` goes to.
+    pub fn address(&self, index: usize) -> SocketAddr {
+        self.addresses[index % self.addresses.len()]
+    }
+
+    /// Which of the addresses connection `index` goes to.
+    pub fn server_of(&self, index: usize) -> usize {
+        index % self.addresses.len()
+    }
 }
 
 impl Conn {
@@ -107,7 +120,8 @@ impl Conn {
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            target.path, target.address
+            target.path,
+            target.address(index)
         );
         stream
             .write_all(request.as_bytes())

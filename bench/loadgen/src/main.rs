@@ -4,13 +4,18 @@
 //!
 //! ```text
 //! loadgen echo      --port P [--conns 100] [--size 64] [--inflight 1]
-//! loadgen broadcast --port P [--conns 100] [--size 64] [--window 8] [--burst 4]  (path /chat)
+//! loadgen broadcast --port P[,P2..] [--conns 100] [--size 64] [--window 8] [--burst 4]  (path /chat)
 //! loadgen handshake --port P [--concurrency 8]
 //! loadgen idle      --port P [--conns 1000] [--hold 60]
 //! loadgen calibrate                        (how fast this CPU is right now)
 //! common: [--host 127.0.0.1] [--path /echo] [--warmup 1] [--duration 3]
-//!         [--server-pid PID] [--sources 127.0.0.2-127.0.0.9]
+//!         [--server-pid PID[,PID2..]] [--broker-pid PID] [--sources 127.0.0.2-127.0.0.9]
 //! ```
+//!
+//! Several ports are several server processes sharing a broker: connection `i` goes to
+//! the `i % n`-th, so the broadcast sender (connection 0) is on the first, and latency is
+//! also reported for the members on the others (`latency_far_us`). The server's CPU is
+//! the sum of every `--server-pid` tree; the broker's (`--broker-pid`) is kept apart.
 //!
 //! It prints one JSON object on stdout (the runner's input) and exits 0 when every
 //! count and order check passed, 1 when one failed, 2 on bad arguments.
@@ -71,7 +76,8 @@ pub struct Options {
     pub warmup: Duration,
     pub duration: Duration,
     pub hold: Duration,
-    pub server_pid: Option<u32>,
+    pub server_pids: Vec<u32>,
+    pub broker_pid: Option<u32>,
 }
 
 fn usage(problem: &str) -> ! {
@@ -79,7 +85,8 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "usage: loadgen <echo|broadcast|handshake|idle> --port P [--host H] [--path /echo] \
          [--conns N] [--size BYTES] [--inflight K] [--window W] [--burst B] [--concurrency C] \
-         [--warmup S] [--duration S] [--hold S] [--server-pid PID] [--sources A-B|A,B,..]"
+         [--warmup S] [--duration S] [--hold S] [--server-pid PID[,PID..]] [--broker-pid PID] \
+         [--sources A-B|A,B,..]"
     );
     std::process::exit(2);
 }
@@ -112,6 +119,17 @@ fn parse_sources(text: &str) -> Vec<Ipv4Addr> {
     sources
 }
 
+/// `8000` or `8000,8001`: a comma-separated list of numbers.
+fn numbers<T: std::str::FromStr>(text: &str) -> Vec<T> {
+    text.split(',')
+        .map(|part| {
+            part.trim()
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("bad number {part}")))
+        })
+        .collect()
+}
+
 fn parse_args() -> Options {
     let mut args = std::env::args().skip(1);
     let workload = args
@@ -119,7 +137,7 @@ fn parse_args() -> Options {
         .and_then(|name| Workload::parse(&name))
         .unwrap_or_else(|| usage("first argument must be the workload"));
     let mut host = "127.0.0.1".to_string();
-    let mut port: Option<u16> = None;
+    let mut ports: Vec<u16> = Vec::new();
     let mut path = if workload == Workload::Broadcast {
         "/chat"
     } else {
@@ -130,7 +148,7 @@ fn parse_args() -> Options {
     let mut options = Options {
         workload,
         target: Target {
-            address: "127.0.0.1:1".parse().unwrap(),
+            addresses: Vec::new(),
             path: String::new(),
             sources: Vec::new(),
             read_buffer: 0,
@@ -148,7 +166,8 @@ fn parse_args() -> Options {
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(3),
         hold: Duration::from_secs(60),
-        server_pid: None,
+        server_pids: Vec::new(),
+        broker_pid: None,
     };
     let seconds = |text: String| -> Duration {
         let value: f64 = text
@@ -171,7 +190,7 @@ fn parse_args() -> Options {
         };
         match flag.as_str() {
             "--host" => host = value(),
-            "--port" => port = Some(number() as u16),
+            "--port" => ports = numbers(&value()),
             "--path" => path = value(),
             "--sources" => sources = parse_sources(&value()),
             "--conns" => options.conns = number(),
@@ -180,20 +199,28 @@ fn parse_args() -> Options {
             "--window" => options.window = number(),
             "--burst" => options.burst = number(),
             "--concurrency" => options.concurrency = number(),
-            "--server-pid" => options.server_pid = Some(number() as u32),
+            "--server-pid" => options.server_pids = numbers(&value()),
+            "--broker-pid" => options.broker_pid = Some(number() as u32),
             "--warmup" => options.warmup = seconds(value()),
             "--duration" => options.duration = seconds(value()),
             "--hold" => options.hold = seconds(value()),
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    let port = port.unwrap_or_else(|| usage("--port is required"));
-    let address: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut found| found.find(SocketAddr::is_ipv4))
-        .unwrap_or_else(|| usage(&format!("cannot resolve {host}")));
-    if !address.ip().is_loopback() {
+    if ports.is_empty() {
+        usage("--port is required");
+    }
+    let addresses: Vec<SocketAddr> = ports
+        .iter()
+        .map(|&port| {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut found| found.find(SocketAddr::is_ipv4))
+                .unwrap_or_else(|| usage(&format!("cannot resolve {host}")))
+        })
+        .collect();
+    if !addresses.iter().all(|address| address.ip().is_loopback()) {
         usage("the load generator only targets loopback addresses");
     }
     if options.size < frame::SEQ_DIGITS {
@@ -215,7 +242,7 @@ fn parse_args() -> Options {
         _ => (options.size * 2 + 64).clamp(8 * 1024, 256 * 1024),
     };
     options.target = Target {
-        address,
+        addresses,
         path,
         sources,
         read_buffer,

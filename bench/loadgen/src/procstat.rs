@@ -52,6 +52,8 @@ pub struct Sample {
     pub server_ticks: u64,
     pub server_rss_bytes: u64,
     pub server_processes: usize,
+    /// utime+stime of the broker the servers share (Redis), if any: not the server's.
+    pub broker_ticks: u64,
     pub self_ticks: u64,
     /// The same sum over every process on the machine: what the others used is the
     /// change in this, minus the server's and ours. A process that ends in between is
@@ -127,18 +129,22 @@ fn tree(root: u32, processes: &[ProcessStat]) -> Vec<u32> {
     tree
 }
 
-/// Reads everything; `server` is the root PID of the server's tree, if known.
-pub fn sample(server: Option<u32>) -> Sample {
+/// Reads everything; `servers` are the root PIDs of the server processes' trees (the
+/// server is their sum), `broker` the PID of the broker they share, if any.
+pub fn sample(servers: &[u32], broker: Option<u32>) -> Sample {
     let mut result = Sample::default();
     let processes = all_processes();
     let me = std::process::id();
-    let server_tree = server
-        .map(|root| tree(root, &processes))
-        .unwrap_or_default();
+    let server_tree: Vec<u32> = servers
+        .iter()
+        .flat_map(|&root| tree(root, &processes))
+        .collect();
     for process in &processes {
         result.all_ticks += process.ticks;
         if process.pid == me {
             result.self_ticks = process.ticks;
+        } else if Some(process.pid) == broker {
+            result.broker_ticks = process.ticks;
         } else if server_tree.contains(&process.pid) {
             result.server_ticks += process.ticks;
             result.server_rss_bytes += process.rss_pages * page_size();

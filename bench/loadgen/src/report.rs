@@ -15,6 +15,8 @@ pub struct Report {
     pub ops: u64,
     pub window_seconds: f64,
     pub latency: Histogram,
+    /// Broadcast to several servers: latency at the members not on the sender's server.
+    pub latency_far: Option<Histogram>,
     pub sent: u64,
     pub received: u64,
     pub connect_seconds: f64,
@@ -43,7 +45,6 @@ impl Report {
             crate::Workload::Handshake => "handshake",
             crate::Workload::Idle => "connection",
         };
-        let micros = |nanos: u64| nanos as f64 / 1000.0;
         let mut out = String::from("{");
         let mut field = |name: &str, value: String| {
             if out.len() > 1 {
@@ -80,24 +81,20 @@ impl Report {
         field("ops", self.ops.to_string());
         field("sent", self.sent.to_string());
         field("received", self.received.to_string());
-        field(
-            "latency_us",
-            format!(
-                "{{\"count\":{},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}}",
-                self.latency.count(),
-                micros(self.latency.quantile(0.50)),
-                micros(self.latency.quantile(0.90)),
-                micros(self.latency.quantile(0.99)),
-                micros(self.latency.quantile(0.999)),
-                micros(self.latency.max()),
-            ),
-        );
+        field("latency_us", latency_json(&self.latency));
+        if let Some(far) = &self.latency_far {
+            field("latency_far_us", latency_json(far));
+        }
         let total = self.end.total.minus(&self.start.total);
         let server_ticks = self
             .end
             .server_ticks
             .saturating_sub(self.start.server_ticks);
         let self_ticks = self.end.self_ticks.saturating_sub(self.start.self_ticks);
+        let broker_ticks = self
+            .end
+            .broker_ticks
+            .saturating_sub(self.start.broker_ticks);
         let per_cpu: Vec<String> = self
             .end
             .per_cpu
@@ -109,12 +106,13 @@ impl Report {
             "cpu",
             format!(
                 "{{\"clk_tck\":{},\"server_ticks\":{},\"server_processes\":{},\"loadgen_ticks\":{},\
-                 \"others_ticks\":{},\"loadgen_us\":{},\"total\":{},\"per_cpu\":[{}]}}",
+                 \"broker_ticks\":{},\"others_ticks\":{},\"loadgen_us\":{},\"total\":{},\"per_cpu\":[{}]}}",
                 procstat::clock_ticks_per_second(),
                 server_ticks,
                 self.end.server_processes,
                 self_ticks,
-                self.end.all_ticks.saturating_sub(self.start.all_ticks).saturating_sub(server_ticks + self_ticks),
+                broker_ticks,
+                self.end.all_ticks.saturating_sub(self.start.all_ticks).saturating_sub(server_ticks + self_ticks + broker_ticks),
                 self.loadgen_cpu_micros,
                 cpu_json(&total),
                 per_cpu.join(","),
@@ -125,6 +123,19 @@ impl Report {
         out.push('}');
         out
     }
+}
+
+fn latency_json(latency: &Histogram) -> String {
+    let micros = |nanos: u64| nanos as f64 / 1000.0;
+    format!(
+        "{{\"count\":{},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}}",
+        latency.count(),
+        micros(latency.quantile(0.50)),
+        micros(latency.quantile(0.90)),
+        micros(latency.quantile(0.99)),
+        micros(latency.quantile(0.999)),
+        micros(latency.max()),
+    )
 }
 
 fn cpu_json(times: &CpuTimes) -> String {

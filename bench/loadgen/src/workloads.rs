@@ -126,7 +126,7 @@ async fn no_check(conn: Conn, _index: usize) -> Result<Conn, String> {
 /// Warm-up, then the measured window with /proc read at both edges.
 async fn measure_window(shared: &Shared, options: &Options, report: &mut Report) {
     sleep(options.warmup).await;
-    report.start = procstat::sample(options.server_pid);
+    report.start = procstat::sample(&options.server_pids, options.broker_pid);
     let cpu_before = procstat::self_cpu_micros();
     let started = Instant::now();
     shared.phase.set(Phase::Measure);
@@ -134,7 +134,7 @@ async fn measure_window(shared: &Shared, options: &Options, report: &mut Report)
     shared.phase.set(Phase::Drain);
     report.window_seconds = started.elapsed().as_secs_f64();
     report.loadgen_cpu_micros = procstat::self_cpu_micros().saturating_sub(cpu_before);
-    report.end = procstat::sample(options.server_pid);
+    report.end = procstat::sample(&options.server_pids, options.broker_pid);
 }
 
 /// Waits for connection tasks that end in a closing handshake (true when clean).
@@ -280,6 +280,8 @@ struct Fanout {
     probe: Cell<u64>,
     probe_acks: Cell<usize>,
     synced: Notify,
+    /// Latency at the members connected to another server than the sender's.
+    far_latency: RefCell<Histogram>,
 }
 
 impl Fanout {
@@ -352,6 +354,8 @@ impl Fanout {
 struct Subscriber {
     check: MessageCheck,
     next_seq: u64,
+    /// Connected to another server process than the sender (reached through the broker).
+    far: bool,
 }
 
 impl Subscriber {
@@ -390,7 +394,12 @@ impl Subscriber {
                 }
                 self.next_seq += 1;
                 let sent = fanout.sent_at.borrow()[seq as usize];
-                shared.complete(now.get_or_insert_with(Instant::now).duration_since(sent));
+                let latency = now.get_or_insert_with(Instant::now).duration_since(sent);
+                shared.complete(latency);
+                if self.far && shared.measuring() {
+                    let nanos = latency.as_nanos() as u64;
+                    fanout.far_latency.borrow_mut().record(nanos);
+                }
                 Shared::add(&shared.received, 1);
                 fanout.delivered(seq);
             }
@@ -422,15 +431,18 @@ async fn broadcast(options: &Options) -> Report {
         probe: Cell::new(0),
         probe_acks: Cell::new(0),
         synced: Notify::new(),
+        far_latency: RefCell::new(Histogram::default()),
     });
     let (finish, finished) = watch::channel(false);
     let handles: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(index, conn)| {
+            let far = options.target.server_of(index) != options.target.server_of(0);
             let task = broadcast_conn(
                 conn,
                 index == 0,
+                far,
                 fanout.clone(),
                 shared.clone(),
                 template.clone(),
@@ -465,12 +477,16 @@ async fn broadcast(options: &Options) -> Report {
     let _ = finish.send(true);
     collect(handles, &mut report, "broadcast").await;
     finish_counts(&shared, &mut report);
+    if options.target.addresses.len() > 1 {
+        report.latency_far = Some(std::mem::take(&mut *fanout.far_latency.borrow_mut()));
+    }
     report
 }
 
 async fn broadcast_conn(
     mut conn: Conn,
     is_sender: bool,
+    far: bool,
     fanout: Rc<Fanout>,
     shared: Rc<Shared>,
     template: Rc<Template>,
@@ -479,6 +495,7 @@ async fn broadcast_conn(
     let mut subscriber = Subscriber {
         check: MessageCheck::default(),
         next_seq: 0,
+        far,
     };
     let mut next_probe = Instant::now();
     while !*finished.borrow() {
@@ -610,7 +627,7 @@ async fn idle(options: &Options) -> Report {
         move |conn, _| echo_once(conn, template.clone()),
     )
     .await;
-    report.start = procstat::sample(options.server_pid);
+    report.start = procstat::sample(&options.server_pids, options.broker_pid);
     println!("READY {}", conns.len());
     let _ = std::io::stdout().flush();
 
@@ -657,7 +674,7 @@ async fn idle(options: &Options) -> Report {
     };
     let _ = tokio::time::timeout(options.hold, hold).await;
     report.window_seconds = started.elapsed().as_secs_f64();
-    report.end = procstat::sample(options.server_pid);
+    report.end = procstat::sample(&options.server_pids, options.broker_pid);
     let _ = finish.send(true);
     collect(handles, &mut report, "idle").await;
     report.ops = report.connections as u64;
