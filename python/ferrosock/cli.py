@@ -15,7 +15,7 @@ import typing
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from .config import Config, load_env_file
+from .config import Config, flag_of, load_env_file
 
 
 def _converter(hint: Any) -> tuple[Any, str | None]:
@@ -39,7 +39,7 @@ def _help(text: str, default: Any) -> str:
     """The field's help with its default said once (some helps already say it)."""
     if "default" in text:
         return text
-    shown = "none" if default is None else default
+    shown = "none" if default is None else "''" if default == "" else default
     return f"{text} (default: {shown})"
 
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--app-dir", default=".", help="directory to import the app from (default: .)")
     hints = typing.get_type_hints(Config)
     for field in fields(Config):
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_of(field)
         convert, action = _converter(hints[field.name])
         options: dict[str, Any] = {
             "dest": field.name,
@@ -94,8 +94,13 @@ def import_app(reference: str, app_dir: str = ".") -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = vars(build_parser().parse_args(argv))
     args.pop("command")
+    if args.get("reload"):
+        from .reload import run_with_reload
+
+        raise SystemExit(run_with_reload(argv, args.get("reload_dirs")))
     from .server import check_settings, run
 
     try:

@@ -67,6 +67,17 @@ class Config:
         default=None,
         metadata={"help": "file of KEY=VALUE lines put into the environment before the app loads"},
     )
+    reload: bool = field(
+        default=False,
+        metadata={"help": "restart the server when a watched file changes (needs watchfiles)"},
+    )
+    reload_dirs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated directories --reload watches (default: the current one)",
+            "flag": "--reload-dir",
+        },
+    )
     factory: bool = field(
         default=False, metadata={"help": "the app given is a function that returns the app"}
     )
@@ -141,6 +152,11 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def flag_of(setting: dataclasses.Field[Any]) -> str:
+    """The CLI flag of a setting: its name with dashes, or uvicorn's where that differs."""
+    return str(setting.metadata.get("flag", "--" + setting.name.replace("_", "-")))
+
+
 def settings_reference() -> str:
     """``docs/settings.md``, made from the fields above (a test keeps the file in step)."""
     lines = [
@@ -154,7 +170,7 @@ def settings_reference() -> str:
         "| --- | --- | --- | --- |",
     ]
     for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
         if f.type == "bool":
             flag += f" / --no-{f.name.replace('_', '-')}"
         what = f.metadata.get("help", "")

@@ -290,6 +290,10 @@ def run(app: Any, **settings: Any) -> None:
     from .process import main_process
 
     config = Config.from_settings(getattr(app, "settings", {}), settings)
+    if config.reload:
+        raise ValueError(
+            "reload needs the app as an import string: ferrosock run module:app --reload"
+        )
     if config.factory:
         if not callable(app):
             raise ValueError(f"factory: {app!r} is not callable")
