@@ -1079,7 +1079,7 @@ def cross_process_lines(workload: Workload, ran: list[dict], results: dict) -> l
                 fmt_rate(r["throughput"]),
                 fmt_us(r["server_cpu_us_per_op"]),
                 fmt_us(r.get("broker_cpu_us_per_op")),
-                f"{r.get('broker_cpu_pct', 0):.0f}",
+                f"{r.get('broker_cpu_pct', 0):.1f}",
                 f"{r['latency_p50_us']:.0f}",
                 f"{r['latency_p99_us']:.0f}",
                 fmt_us(r.get("latency_far_p50_us")),
@@ -1100,6 +1100,8 @@ def cross_process_lines(workload: Workload, ran: list[dict], results: dict) -> l
                     else f"{(far_p99 - alone['latency_p99_us']) / 1000:+.2f}",
                 ]
             )
+    if not rows:
+        return []
     lines = [
         f"## Across processes: {workload.name}",
         "",
