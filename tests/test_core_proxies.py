@@ -59,6 +59,9 @@ def test_trusted_peers_are_addresses_networks_or_any():
     assert "127.0.0.2" not in trusted
     assert "::1" not in trusted
     assert "unknown" not in trusted
+    only_loopback = TrustedProxies("127.0.0.1")
+    assert "127.0.0.1" in only_loopback and "::ffff:127.0.0.1" in only_loopback
+    assert "127.0.0.2" not in only_loopback and "::1" not in only_loopback
     assert "203.0.113.9" in TrustedProxies("*")
     assert "127.0.0.1" not in TrustedProxies("")
 

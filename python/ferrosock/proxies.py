@@ -71,6 +71,8 @@ class TrustedProxies:
             return False
         if host in self._exact:
             return True
+        if not self.networks and ":" not in host:
+            return False  # an IPv4 address is written one way only: the set decides
         address = _address(host)
         if address is None:
             return False
