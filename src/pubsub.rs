@@ -447,28 +447,15 @@ impl Link {
         loop {
             match self.connect().await {
                 Ok((publisher, subscriber)) => {
-                    self.state.store(State::Connected as u8, Ordering::Release);
-                    if ever_connected {
-                        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                        self.log(
-                            LOG_INFO,
-                            format!("broadcast backend {} reconnected", self.address),
-                        );
-                        self.notices.push(Notice::Reconnected);
-                    } else {
-                        self.log(
-                            LOG_INFO,
-                            format!(
-                                "broadcast backend {} connected (manager {:?})",
-                                self.address, self.settings.name
-                            ),
-                        );
-                    }
-                    ever_connected = true;
-                    outage_logged = false;
-                    backoff = BACKOFF_START;
-                    let reason = self.serve(publisher, subscriber, &mut queue).await;
+                    let (ready, reason) = self
+                        .serve(publisher, subscriber, &mut queue, ever_connected)
+                        .await;
                     self.state.store(State::Down as u8, Ordering::Release);
+                    if ready {
+                        ever_connected = true;
+                        outage_logged = false;
+                        backoff = BACKOFF_START;
+                    }
                     self.log(
                         LOG_WARNING,
                         format!(
@@ -514,19 +501,46 @@ impl Link {
         Ok((publisher, subscriber))
     }
 
-    /// One connected session; returns why it ended.
+    /// The session is subscribed: say so (and, after an outage, tell the manager).
+    fn announce(&self, reconnect: bool) {
+        self.state.store(State::Connected as u8, Ordering::Release);
+        if reconnect {
+            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.log(
+                LOG_INFO,
+                format!("broadcast backend {} reconnected", self.address),
+            );
+            self.notices.push(Notice::Reconnected);
+        } else {
+            self.log(
+                LOG_INFO,
+                format!(
+                    "broadcast backend {} connected (manager {:?})",
+                    self.address, self.settings.name
+                ),
+            );
+        }
+    }
+
+    /// One connected session. It counts as connected (and is announced) once its tags
+    /// are claimed and its channels subscribed; returns whether it got that far, and why
+    /// it ended.
     async fn serve(
         &self,
         mut publisher: MultiplexedConnection,
         subscriber: PubSub,
         queue: &mut mpsc::UnboundedReceiver<Outgoing>,
-    ) -> String {
+        reconnect: bool,
+    ) -> (bool, String) {
         let (mut sink, mut stream) = subscriber.split();
         let mut subscribed = HashSet::new();
         let mut in_flight = Vec::new();
+        let mut ready = false;
         let reason = async {
             let _: bool = self.claim_tags(&mut publisher).await?;
             self.reconcile(&mut sink, &mut subscribed).await?;
+            self.announce(reconnect);
+            ready = true;
             let mut claims = publisher.clone();
             let publishing = self.publish_loop(&mut publisher, queue, &mut in_flight);
             tokio::pin!(publishing);
@@ -563,7 +577,7 @@ impl Link {
         .unwrap_or_default();
         // A batch cut off mid-pipeline is lost: count it.
         self.discard(&mut in_flight);
-        reason
+        (ready, reason)
     }
 
     /// Claim this process's node tags in Redis; when the newest is held by another

@@ -94,7 +94,7 @@ async def test_rooms_exclude_and_bytes_cross_processes(cluster):
     blue_far, _ = await member(b, "blue")
     red_far, _ = await member(b, "red")
     # b subscribes to "blue" when its first local member joins: wait until it has.
-    await until(lambda: _delivered(sender, blue_far, "probe"), 5, "room subscription")
+    await until(lambda: _room_delivered(sender, blue_far, "blue", "probe"), 5, "room subscription")
     await command(sender, broadcast="blue only", room="blue", exclude_me=True)
     assert await blue_far.recv() == "blue only"
     await nothing_arrives(sender)
@@ -102,16 +102,6 @@ async def test_rooms_exclude_and_bytes_cross_processes(cluster):
     await command(sender, bytes="raw", room="red")
     assert await red_far.recv() == b"raw"
     await nothing_arrives(blue_far)
-
-
-async def _delivered(sender: ClientConnection, receiver: ClientConnection, text: str) -> bool:
-    await command(sender, broadcast=text, room="blue", exclude_me=True)
-    try:
-        while True:
-            if await asyncio.wait_for(receiver.recv(), 0.3) == text:
-                return True
-    except TimeoutError:
-        return False
 
 
 async def test_send_to_a_socket_on_the_other_process(cluster):
@@ -524,3 +514,28 @@ async def test_a_room_is_subscribed_while_it_has_local_members_without_churn(clu
 
 async def _async(value):
     return value
+
+
+async def test_rooms_are_resubscribed_after_redis_restarts(cluster, redis):
+    a, b = cluster
+    sender, _ = await member(a, "green")
+    far, _ = await member(b, "green")
+    await until(lambda: _room_delivered(sender, far, "green", "before"), 5, "room subscription")
+    redis.kill()
+    await until(lambda: _state_is(b, "down"), 5, "noticing Redis is gone")
+    redis.start()
+    await until(lambda: _state_is(b, "connected"), 5, "b reconnecting")
+    await until(lambda: _state_is(a, "connected"), 5, "a reconnecting")
+    # b's only subscription to the room came back with the reconnect.
+    await until(lambda: _room_delivered(sender, far, "green", "after"), 3, "room after restart")
+    assert _subscribers(redis, "ferrosock:default:room:green") == 2
+
+
+async def _room_delivered(sender, receiver, room: str, text: str) -> bool:
+    await command(sender, broadcast=text, room=room, exclude_me=True)
+    try:
+        while True:
+            if await asyncio.wait_for(receiver.recv(), 0.3) == text:
+                return True
+    except TimeoutError:
+        return False
