@@ -10,7 +10,7 @@ from core_support import recv
 from websockets.asyncio.client import connect
 
 from ferrosock.cli import build_parser
-from ferrosock.config import Config
+from ferrosock.config import Config, flag_of
 
 
 async def test_app_dir_makes_the_module_importable(start_server):
@@ -35,7 +35,7 @@ def test_every_boolean_setting_has_a_no_form_and_help_says_each_default_once():
     run_parser = parser._subparsers._group_actions[0].choices["run"]
     help_text = " ".join(run_parser.format_help().split())
     for field in fields(Config):
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_of(field)
         assert flag in help_text, flag
         if field.type == "bool":
             assert "--no-" + flag[2:] in help_text

@@ -82,6 +82,24 @@ class Config:
         default=False, metadata={"help": "the app given is a function that returns the app"}
     )
     access_log: bool = field(default=True, metadata={"help": "log each request and accept"})
+    proxy_headers: bool = field(
+        default=True,
+        metadata={
+            "help": "take the client and scheme from X-Forwarded-For and X-Forwarded-Proto "
+            "when the peer is in forwarded_allow_ips"
+        },
+    )
+    forwarded_allow_ips: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "comma-separated addresses or CIDR networks of trusted proxies ('*': any)",
+            "env": "FORWARDED_ALLOW_IPS",
+        },
+    )
+    root_path: str = field(
+        default="",
+        metadata={"help": "path prefix the app is mounted under behind a proxy, e.g. /api"},
+    )
     loop: str = field(default="auto", metadata={"help": "auto, asyncio or uvloop"})
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT (set by --workers)"}

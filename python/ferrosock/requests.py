@@ -11,15 +11,19 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ferrosock.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
+from ferrosock.proxies import NO_FORWARDING, Forwarding, Origin
 
 if TYPE_CHECKING:
     from ferrosock import _engine
 
 
 class Request:
-    def __init__(self, http_request: _engine.HttpRequest, app: Any) -> None:
+    def __init__(
+        self, http_request: _engine.HttpRequest, app: Any, forwarding: Forwarding = NO_FORWARDING
+    ) -> None:
         self._http_request = http_request
         self.app = app
+        self._forwarding = forwarding
         self._path_params: dict[str, Any] | None = None
 
     @property
@@ -27,10 +31,28 @@ class Request:
         return self._http_request.method
 
     @cached_property
+    def _origin(self) -> Origin:
+        """The real client, scheme and full path (behind a trusted proxy: what it forwarded)."""
+        return self._forwarding.origin(self._http_request, self.headers, False)
+
+    @cached_property
     def url(self) -> URL:
-        request = self._http_request
+        request, origin = self._http_request, self._origin
         return URL.from_parts(
-            request.scheme, self.headers, request.server, request.path, request.query_string
+            origin.scheme, self.headers, request.server, origin.path, request.query_string
+        )
+
+    @cached_property
+    def scope(self) -> dict[str, Any]:
+        """An ASGI-like scope, for code that reads ``request.scope[...]``."""
+        request = self._http_request
+        return self._origin.scope(
+            "http",
+            request,
+            method=request.method,
+            path_params=self.path_params,
+            app=self.app,
+            state=self.state,
         )
 
     @cached_property
@@ -54,7 +76,7 @@ class Request:
 
     @cached_property
     def client(self) -> Address:
-        return Address(*self._http_request.client)
+        return Address(*self._origin.client)
 
     @cached_property
     def state(self) -> State:

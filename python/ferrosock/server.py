@@ -22,6 +22,7 @@ from .exceptions import WebSocketDisconnect, call_exception_handler, server_erro
 from .logs import log_level_number, read_log_config
 from .manager import BackendSettings, configure_backends, stop_backends
 from .metrics import PROMETHEUS_CONTENT_TYPE, collect, prometheus_text
+from .proxies import NO_FORWARDING, Forwarding
 from .requests import Request
 from .responses import PlainTextResponse, Response
 from .routing import APIRoute
@@ -47,6 +48,7 @@ class Server:
         self._exit_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes: list[Any] = []
+        self._forwarding = NO_FORWARDING
         self.context_for: ContextFor | None = None
 
     # ---- lifecycle ----
@@ -84,6 +86,7 @@ class Server:
             loop.call_soon_threadsafe(exit_event.set)
 
     def _start_engine(self, loop: asyncio.AbstractEventLoop) -> _engine.Server:
+        self._forwarding = Forwarding.from_config(self.config)
         self._routes = list(self.app.routes)
         if self.config.metrics_path:
             self._routes.append(metrics_route(self.config.metrics_path))
@@ -127,7 +130,7 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     def _on_websocket(self, route_id: int, connection: _engine.Connection) -> None:
-        websocket = WebSocket(connection, self.app)
+        websocket = WebSocket(connection, self.app, self._forwarding)
         self._spawn(self._run_websocket(self._routes[route_id], websocket), connection.client)
 
     def _on_http(self, route_id: int, http_request: _engine.HttpRequest) -> None:
@@ -160,32 +163,32 @@ class Server:
         if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
             return
         connection = websocket._connection
-        host, port = connection.client
+        (host, port), path = websocket._origin.client, websocket._origin.path
         refusal = websocket.refusal
         if refusal is not None and refusal.code is not None:
             access_logger.info(
                 '%s:%d - "WebSocket %s" %d (closed before accept: %d %s)',
                 host,
                 port,
-                connection.path,
+                path,
                 refusal.status_code,
                 refusal.code,
                 refusal.reason or "(no reason)",
             )
         elif connection.refused:
             status = refusal.status_code if refusal is not None else 500
-            access_logger.info('%s:%d - "WebSocket %s" %d', host, port, connection.path, status)
+            access_logger.info('%s:%d - "WebSocket %s" %d', host, port, path, status)
         else:
             access_logger.info(
                 '%s:%d - "WebSocket %s" closed (%s)',
                 host,
                 port,
-                connection.path,
+                path,
                 connection.close_code,
             )
 
     async def _run_http(self, route: Any, http_request: _engine.HttpRequest) -> None:
-        request = Request(http_request, self.app)
+        request = Request(http_request, self.app, self._forwarding)
         sent: list[Response] = []
 
         def respond(response: Response) -> None:
@@ -203,14 +206,14 @@ class Server:
                 respond(await self._server_error_response(request, exc))
         response = sent[0]
         if self.config.access_log and access_logger.isEnabledFor(logging.INFO):
-            host, port = http_request.client
+            (host, port), path = request._origin.client, request._origin.path
             query = f"?{http_request.query_string}" if http_request.query_string else ""
             access_logger.info(
                 '%s:%d - "%s %s%s HTTP/1.1" %d',
                 host,
                 port,
                 http_request.method,
-                http_request.path,
+                path,
                 query,
                 response.status_code,
             )
@@ -277,6 +280,7 @@ def check_settings(config: Config) -> None:
         raise ValueError(f"metrics_path must start with '/', not {config.metrics_path!r}")
     BackendSettings.from_config(config)
     log_level_number(config.log_level)
+    Forwarding.from_config(config)
     if config.log_config is not None:
         read_log_config(config.log_config)
     if config.loop not in ("auto", "asyncio", "uvloop"):

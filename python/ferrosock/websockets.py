@@ -17,6 +17,7 @@ from . import _engine
 from .datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
 from .exceptions import WebSocketDisconnect
 from .outcomes import Refusal, report_refusal
+from .proxies import NO_FORWARDING, Forwarding, Origin
 
 if TYPE_CHECKING:
     from .responses import Response
@@ -52,9 +53,16 @@ class WebSocket(Mapping[str, Any]):
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
-    def __init__(self, connection: _engine.Connection, app: Any = None) -> None:
+    def __init__(
+        self,
+        connection: _engine.Connection,
+        app: Any = None,
+        forwarding: Forwarding = NO_FORWARDING,
+    ) -> None:
         self._connection = connection
         self.app = app
+        self._forwarding = forwarding
+        self._origin_seen: Origin | None = None
         self.state = State()
         self._scope: dict[str, Any] | None = None
         self._connect_received = False
@@ -103,19 +111,22 @@ class WebSocket(Mapping[str, Any]):
         return self._cookies
 
     @property
+    def _origin(self) -> Origin:
+        """The real client, scheme and full path (behind a trusted proxy: what it forwarded)."""
+        if self._origin_seen is None:
+            self._origin_seen = self._forwarding.origin(self._connection, self.headers, True)
+        return self._origin_seen
+
+    @property
     def url(self) -> URL:
-        connection = self._connection
+        connection, origin = self._connection, self._origin
         return URL.from_parts(
-            connection.scheme,
-            self.headers,
-            connection.server,
-            connection.path,
-            connection.query_string,
+            origin.scheme, self.headers, connection.server, origin.path, connection.query_string
         )
 
     @property
     def client(self) -> Address:
-        return Address(*self._connection.client)
+        return Address(*self._origin.client)
 
     @property
     def scope(self) -> dict[str, Any]:
@@ -135,22 +146,14 @@ class WebSocket(Mapping[str, Any]):
 
     def _build_scope(self) -> dict[str, Any]:
         connection = self._connection
-        return {
-            "type": "websocket",
-            "scheme": connection.scheme,
-            "path": connection.path,
-            "query_string": connection.query_string.encode("latin-1"),
-            "headers": [
-                (name.encode("latin-1"), value.encode("latin-1"))
-                for name, value in connection.headers
-            ],
-            "client": connection.client,
-            "server": connection.server,
-            "subprotocols": connection.subprotocols,
-            "path_params": self.path_params,
-            "app": self.app,
-            "state": self.state,
-        }
+        return self._origin.scope(
+            "websocket",
+            connection,
+            subprotocols=connection.subprotocols,
+            path_params=self.path_params,
+            app=self.app,
+            state=self.state,
+        )
 
     @property
     def subprotocols(self) -> list[str]:
@@ -188,8 +191,8 @@ class WebSocket(Mapping[str, Any]):
         accepted = self._connection.accept(subprotocol, extra)
         self._connect_received = True  # receive() goes straight to the engine from now on
         if logger.isEnabledFor(logging.INFO):
-            host, port = self._connection.client
-            logger.info('%s:%d - "WebSocket %s" [accepted]', host, port, self._connection.path)
+            (host, port), path = self._origin.client, self._origin.path
+            logger.info('%s:%d - "WebSocket %s" [accepted]', host, port, path)
         return accepted
 
     def receive(self) -> Awaitable[dict[str, Any]]:
