@@ -98,12 +98,12 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
+    // Every setting is required: the defaults live in one place, Python's `Config`.
     #[pyo3(signature = (
         routes, on_websocket, on_http, on_log, *,
-        host="127.0.0.1".to_owned(), port=8000, backlog=2048, reuse_port=false,
-        ws_max_size=1 << 20, ws_ping_interval=Some(20.0), ws_ping_timeout=Some(20.0),
-        max_connections=None, allowed_origins=None, outbox_limit=1 << 20, inbox_limit=256 * 1024,
-        http_max_body=1 << 20, io_threads=None, close_timeout=5.0,
+        host, port, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
+        max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
+        close_timeout,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(

@@ -13,36 +13,39 @@ future.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 RouteKind = Literal["websocket", "http"]
 
+@final
 class Server:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         routes: list[tuple[str, RouteKind, list[str], int]],
         on_websocket: Callable[[int, Connection], None],
         on_http: Callable[[int, HttpRequest], None],
         on_log: Callable[[int, str], None],
         *,
-        host: str = "127.0.0.1",
-        port: int = 8000,
-        backlog: int = 2048,
-        reuse_port: bool = False,
-        ws_max_size: int = 1 << 20,
-        ws_ping_interval: float | None = 20.0,
-        ws_ping_timeout: float | None = 20.0,
-        max_connections: int | None = None,
-        allowed_origins: list[str] | None = None,
-        outbox_limit: int = 1 << 20,
-        inbox_limit: int = 256 * 1024,
-        http_max_body: int = 1 << 20,
-        io_threads: int | None = None,
-    ) -> None:
+        host: str,
+        port: int,
+        backlog: int,
+        reuse_port: bool,
+        ws_max_size: int,
+        ws_ping_interval: float | None,
+        ws_ping_timeout: float | None,
+        max_connections: int | None,
+        allowed_origins: list[str] | None,
+        outbox_limit: int,
+        inbox_limit: int,
+        http_max_body: int,
+        io_threads: int | None,
+        close_timeout: float,
+    ) -> Server:
         """``routes``: ``(path template, kind, HTTP methods, route id)``; templates use
         ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
         the event-loop thread (from ``drain``) with the route id and the new object;
-        ``on_log`` with a ``logging`` level and a message the IO threads produced."""
+        ``on_log`` with a ``logging`` level and a message the IO threads produced. Every
+        setting is required: their defaults live in ``ferrosock.config.Config`` only."""
     def start(self, create_future: Callable[[], Any], call_soon: Callable[..., Any]) -> None:
         """Bind and start serving. ``create_future`` and ``call_soon`` are the running
         loop's: the first is called only when an awaitable must park, the second schedules
@@ -62,6 +65,7 @@ class Server:
         """Stop accepting; close every open WebSocket with ``code``."""
     def connection_count(self) -> int: ...
 
+@final
 class Connection:
     id: int
     route_id: int
@@ -115,6 +119,7 @@ class Connection:
         """Before ``accept``: refuse with HTTP 403. After: send a close frame. A second
         close raises ``RuntimeError``."""
 
+@final
 class HttpRequest:
     route_id: int
     method: str
@@ -128,8 +133,9 @@ class HttpRequest:
     body: bytes
     def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
 
+@final
 class Registry:
-    def __init__(self, *, slow_consumer: Literal["close", "drop"] = "close") -> None: ...
+    def __new__(cls, *, slow_consumer: Literal["close", "drop"] = "close") -> Registry: ...
     def add(self, conn: Connection) -> bool: ...
     def remove(self, conn: Connection) -> None: ...
     def join(self, conn: Connection, room: str) -> bool: ...
@@ -145,7 +151,7 @@ class Registry:
     def backlog(self) -> int:
         """Bytes handed to the fan-out task and not yet offered to the members."""
     def __len__(self) -> int: ...
-    def __contains__(self, conn: Connection) -> bool: ...
+    def __contains__(self, conn: Connection, /) -> bool: ...
     def rooms(self) -> list[str]: ...
     def members(self, room: str) -> list[int]: ...
     def stats(self) -> dict[str, int | str]: ...
@@ -168,6 +174,19 @@ class Registry:
     def cluster_query(self, members: bool, room: str | None = None) -> int: ...
     @property
     def backend_state(self) -> str | None: ...
+
+@final
+class Done:
+    """The awaitable of an operation that needed no wait: its first step finishes it."""
+    def __await__(self) -> Done: ...
+    def __next__(self) -> None: ...
+
+@final
+class Op:
+    """The awaitable of a receive or send: finishes on its first step when the inbox has a
+    message or the outbox has room, else parks on a loop future."""
+    def __await__(self) -> Op: ...
+    def __next__(self) -> Any: ...
 
 def metrics() -> dict[str, Any]:
     """``stats()`` plus ``close_codes`` ({label: count}) and ``ping_rtt`` (``bounds_us``,

@@ -55,7 +55,7 @@ def run_with_reload(argv: Sequence[str], directories: list[str] | None) -> int:
     """Serve until SIGINT/SIGTERM, restarting on changes; the exit status (0 when stopped)."""
     configure_logging("info")
     try:
-        from watchfiles import PythonFilter, watch
+        from watchfiles import PythonFilter, watch  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         logger.error("--reload needs watchfiles: pip install 'ferrosock[standard]'")
         return 2
