@@ -10,14 +10,14 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _engine
-from .datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
 from .exceptions import WebSocketDisconnect
 from .outcomes import Refusal, report_refusal
-from .proxies import NO_FORWARDING, Forwarding, Origin
+from .proxies import NO_FORWARDING, Forwarding
+from .requests import HTTPConnection
 
 if TYPE_CHECKING:
     from .responses import Response
@@ -45,13 +45,11 @@ def _check_mode(mode: str) -> None:
 _CONNECTING = WebSocketState.CONNECTING.value
 
 
-class WebSocket(Mapping[str, Any]):
+class WebSocket(HTTPConnection):
     """One WebSocket connection, as a handler sees it; like Starlette's, also a read-only
     mapping over its ``scope`` (``websocket["path"]``)."""
 
-    # A mapping compares by content; a connection is itself (managers keep them in lists).
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
+    scope_type = "websocket"
 
     def __init__(
         self,
@@ -59,18 +57,10 @@ class WebSocket(Mapping[str, Any]):
         app: Any = None,
         forwarding: Forwarding = NO_FORWARDING,
     ) -> None:
+        super().__init__(connection, app, forwarding)
         self._connection = connection
-        self.app = app
-        self._forwarding = forwarding
-        self._origin_seen: Origin | None = None
-        self.state = State()
-        self._scope: dict[str, Any] | None = None
         self._connect_received = False
         self.refusal: Refusal | None = None
-        self._headers: Headers | None = None
-        self._query_params: QueryParams | None = None
-        self._cookies: dict[str, str] | None = None
-        self._path_params: dict[str, Any] | None = None
         if type(self) is WebSocket:
             # The per-message calls go straight to the engine: no Python frame in between.
             # (A subclass keeps the methods below, so that its overrides still apply.)
@@ -83,77 +73,11 @@ class WebSocket(Mapping[str, Any]):
 
     @property
     def id(self) -> int:
-        """The engine's id of this connection, unique in the process."""
+        """The engine's id of this connection, unique across the cluster (``docs/scaling.md``)."""
         return self._connection.id
 
-    @property
-    def headers(self) -> Headers:
-        if self._headers is None:
-            self._headers = Headers(self._connection.headers)
-        return self._headers
-
-    @property
-    def query_params(self) -> QueryParams:
-        if self._query_params is None:
-            self._query_params = QueryParams(self._connection.query_string)
-        return self._query_params
-
-    @property
-    def path_params(self) -> dict[str, Any]:
-        if self._path_params is None:
-            self._path_params = self._connection.path_params
-        return self._path_params
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        if self._cookies is None:
-            self._cookies = parse_cookies(self.headers.get("cookie", ""))
-        return self._cookies
-
-    @property
-    def _origin(self) -> Origin:
-        """The real client, scheme and full path (behind a trusted proxy: what it forwarded)."""
-        if self._origin_seen is None:
-            self._origin_seen = self._forwarding.origin(self._connection, self.headers, True)
-        return self._origin_seen
-
-    @property
-    def url(self) -> URL:
-        connection, origin = self._connection, self._origin
-        return URL.from_parts(
-            origin.scheme, self.headers, connection.server, origin.path, connection.query_string
-        )
-
-    @property
-    def client(self) -> Address:
-        return Address(*self._origin.client)
-
-    @property
-    def scope(self) -> dict[str, Any]:
-        """An ASGI-like scope, for code that reads ``websocket.scope[...]``."""
-        if self._scope is None:
-            self._scope = self._build_scope()
-        return self._scope
-
-    def __getitem__(self, key: str) -> Any:
-        return self.scope[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.scope)
-
-    def __len__(self) -> int:
-        return len(self.scope)
-
-    def _build_scope(self) -> dict[str, Any]:
-        connection = self._connection
-        return self._origin.scope(
-            "websocket",
-            connection,
-            subprotocols=connection.subprotocols,
-            path_params=self.path_params,
-            app=self.app,
-            state=self.state,
-        )
+    def _scope_extras(self) -> dict[str, Any]:
+        return {"subprotocols": self._connection.subprotocols}
 
     @property
     def subprotocols(self) -> list[str]:

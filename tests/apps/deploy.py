@@ -3,7 +3,7 @@
 
 import os
 
-from ferrosock import App, WebSocket
+from ferrosock import App, Request, WebSocket
 
 GREETING = os.environ.get("GREETING", "unset")
 
@@ -27,3 +27,17 @@ def create_app() -> App:
         await websocket.close()
 
     return made
+
+
+@app.websocket("/cookies")
+async def websocket_cookies(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_json(
+        {"cookies": websocket.cookies, "path": websocket["path"], "type": websocket["type"]}
+    )
+    await websocket.close()
+
+
+@app.get("/cookies")
+async def request_cookies(request: Request):
+    return {"cookies": request.cookies, "path": request["path"], "type": request["type"]}
