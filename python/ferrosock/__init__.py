@@ -6,9 +6,9 @@ from .config import Config
 from .exceptions import HTTPException, WebSocketDisconnect, WebSocketException
 from .manager import ConnectionManager
 from .params import Cookie, Depends, Header, Path, Query, Security
+from .process import run
 from .requests import Request
 from .routing import APIRouter
-from .server import run
 from .websockets import WebSocket, WebSocketState
 
 FastAPI = App

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from ferrosock.config import Config
-from ferrosock.datastructures import State
-from ferrosock.exceptions import ExceptionHandler
-from ferrosock.metrics import collect
-from ferrosock.params import Depends
-from ferrosock.responses import JSONResponse, Response
-from ferrosock.routing import APIRoute, APIRouter, Endpoint, Route, WebSocketRoute
+from .config import Config
+from .datastructures import State
+from .exceptions import ExceptionHandler
+from .metrics import collect
+from .params import Depends
+from .responses import JSONResponse, Response
+from .routing import APIRoute, APIRouter, Endpoint, Route, WebSocketRoute
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 LifecycleHandler = Callable[[], Any]

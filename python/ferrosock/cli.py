@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         from .reload import run_with_reload
 
         raise SystemExit(run_with_reload(argv, args.get("reload_dirs")))
-    from .server import check_settings, run
+    from .process import check_settings, run
 
     try:
         if args.get("env_file"):

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, Literal, Union
 
-from ferrosock.exceptions import DependencyScopeError, RequestValidationError
-from ferrosock.params import DependencyScope, Depends, Header, Param, Path, Query
-from ferrosock.requests import Request
-from ferrosock.websockets import WebSocket
+from .exceptions import DependencyScopeError, RequestValidationError
+from .params import DependencyScope, Depends, Header, Param, Path, Query
+from .requests import Request
+from .websockets import WebSocket
 
 RouteKind = Literal["websocket", "http"]
 

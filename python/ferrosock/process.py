@@ -1,4 +1,5 @@
-"""Running a server as the program: logging, the event loop, worker processes."""
+"""Running a server as the program: ``run()``, its settings check, logging, the event loop,
+the open-files limit and the worker processes."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .config import Config
-from .logs import configure_logging
-from .manager import partitioned_managers
+from .logs import configure_logging, log_level_number, read_log_config
+from .manager import BackendSettings, partitioned_managers
+from .proxies import Forwarding
 from .server import Server
 
 logger = logging.getLogger("ferrosock.error")
@@ -399,3 +401,34 @@ def _flush_output() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def check_settings(config: Config) -> None:
+    """Fail before anything starts when a setting has a bad value (ValueError naming it)."""
+    if config.metrics_path is not None and not config.metrics_path.startswith("/"):
+        raise ValueError(f"metrics_path must start with '/', not {config.metrics_path!r}")
+    BackendSettings.from_config(config)
+    log_level_number(config.log_level)
+    Forwarding.from_config(config)
+    if config.log_config is not None:
+        read_log_config(config.log_config)
+    if config.loop not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
+
+
+def run(app: Any, **settings: Any) -> None:
+    """Serve ``app`` until interrupted: ``ferrosock.run(app, host="0.0.0.0", port=8000)``.
+    Settings given here win over those given to ``App(...)``. With ``factory=True``,
+    ``app`` is called (with no arguments) for the app to serve."""
+    config = Config.from_settings(getattr(app, "settings", {}), settings)
+    if config.reload:
+        raise ValueError(
+            "reload needs the app as an import string: ferrosock run module:app --reload"
+        )
+    if config.factory:
+        if not callable(app):
+            raise ValueError(f"factory: {app!r} is not callable")
+        app = app()
+        config = Config.from_settings(getattr(app, "settings", {}), settings)
+    check_settings(config)
+    main_process(app, config)

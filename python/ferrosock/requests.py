@@ -12,11 +12,11 @@ from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ferrosock.datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
-from ferrosock.proxies import NO_FORWARDING, Forwarding, Origin
+from .datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
+from .proxies import NO_FORWARDING, Forwarding, Origin
 
 if TYPE_CHECKING:
-    from ferrosock import _engine
+    from . import _engine
 
 
 class HTTPConnection(Mapping[str, Any]):

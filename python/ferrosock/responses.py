@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ferrosock.datastructures import Headers
+from .datastructures import Headers
 
 
 class Response:

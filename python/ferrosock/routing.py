@@ -12,9 +12,9 @@ import http
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
-from ferrosock.convertors import PathTemplate, parse_path
-from ferrosock.dependencies import PlanBuilder, SolveContext, is_coroutine_callable
-from ferrosock.exceptions import (
+from .convertors import PathTemplate, parse_path
+from .dependencies import PlanBuilder, SolveContext, is_coroutine_callable
+from .exceptions import (
     ExceptionHandlers,
     HTTPException,
     RequestValidationError,
@@ -23,11 +23,11 @@ from ferrosock.exceptions import (
     call_exception_handler,
     lookup_exception_handler,
 )
-from ferrosock.outcomes import report_end
-from ferrosock.params import Depends
-from ferrosock.responses import JSONResponse, PlainTextResponse, Response
-from ferrosock.status import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION
-from ferrosock.websockets import close_unless_closed
+from .outcomes import report_end
+from .params import Depends
+from .responses import JSONResponse, PlainTextResponse, Response
+from .status import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION
+from .websockets import close_unless_closed
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 Respond = Callable[[Response], None]

@@ -19,8 +19,7 @@ from typing import Any
 from . import _engine
 from .config import Config
 from .exceptions import WebSocketDisconnect, call_exception_handler, server_error_handler
-from .logs import log_level_number, read_log_config
-from .manager import BackendSettings, configure_backends, stop_backends
+from .manager import configure_backends, stop_backends
 from .metrics import PROMETHEUS_CONTENT_TYPE, collect, prometheus_text
 from .proxies import NO_FORWARDING, Forwarding
 from .requests import Request
@@ -272,36 +271,3 @@ def metrics_route(path: str) -> APIRoute:
         return Response(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
     return APIRoute(path, metrics_page, name="metrics")
-
-
-def check_settings(config: Config) -> None:
-    """Fail before anything starts when a setting has a bad value (ValueError naming it)."""
-    if config.metrics_path is not None and not config.metrics_path.startswith("/"):
-        raise ValueError(f"metrics_path must start with '/', not {config.metrics_path!r}")
-    BackendSettings.from_config(config)
-    log_level_number(config.log_level)
-    Forwarding.from_config(config)
-    if config.log_config is not None:
-        read_log_config(config.log_config)
-    if config.loop not in ("auto", "asyncio", "uvloop"):
-        raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
-
-
-def run(app: Any, **settings: Any) -> None:
-    """Serve ``app`` until interrupted: ``ferrosock.run(app, host="0.0.0.0", port=8000)``.
-    Settings given here win over those given to ``App(...)``. With ``factory=True``,
-    ``app`` is called (with no arguments) for the app to serve."""
-    from .process import main_process
-
-    config = Config.from_settings(getattr(app, "settings", {}), settings)
-    if config.reload:
-        raise ValueError(
-            "reload needs the app as an import string: ferrosock run module:app --reload"
-        )
-    if config.factory:
-        if not callable(app):
-            raise ValueError(f"factory: {app!r} is not callable")
-        app = app()
-        config = Config.from_settings(getattr(app, "settings", {}), settings)
-    check_settings(config)
-    main_process(app, config)

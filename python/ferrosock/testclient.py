@@ -33,9 +33,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from ferrosock.datastructures import Headers
-from ferrosock.exceptions import WebSocketDisconnect
-from ferrosock.outcomes import Refusal, endpoint_observer
+from .datastructures import Headers
+from .exceptions import WebSocketDisconnect
+from .outcomes import Refusal, endpoint_observer
 
 DEFAULT_TIMEOUT = 5.0
 SERVER_START_TIMEOUT = 30.0
@@ -114,8 +114,8 @@ class _ServerThread:
     """The real server, serving ``app`` from a daemon thread on a free loopback port."""
 
     def __init__(self, app: Any, outcomes: _EndpointOutcomes) -> None:
-        from ferrosock.config import Config
-        from ferrosock.server import Server
+        from .config import Config
+        from .server import Server
 
         self.outcomes = outcomes
         # The app's own settings apply (message size limits, heartbeat ...), on a free
