@@ -5,6 +5,10 @@
 //! unfinished frame are kept (a large payload is read straight into its own buffer). The
 //! encoder produces a frame as a small header plus the payload `Bytes`, so a broadcast
 //! hands every member the same payload and the socket is written with one `writev`.
+//!
+//! Decoding is strict and sans-IO: bytes in, messages and control frames out, and the
+//! first violation returned as soon as the bytes that hold it are seen (text is validated
+//! piece by piece as it arrives), after everything complete before it was handed out.
 
 use bytes::{Bytes, BytesMut};
 

@@ -5,8 +5,10 @@
 //! idle socket holds no read buffer; a large payload is read straight into its own
 //! buffer. Messages go to the bounded inbox (reading stops while it is full, so TCP
 //! pushes back). Writing goes through `ConnShared::write_queued`: up to 64 queued frames
-//! per `writev`, headers and shared payloads side by side. Nothing here takes the GIL:
-//! Python learns about everything through `ConnShared` and the bridge.
+//! per `writev`, headers and shared payloads side by side. When the peer breaks the
+//! protocol, reading stops and the close is held until the handler has answered the
+//! messages that came before the violation (or for a short grace). Nothing here takes
+//! the GIL: Python learns about everything through `ConnShared` and the bridge.
 
 use std::cell::RefCell;
 use std::future::Future;
