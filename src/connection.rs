@@ -159,6 +159,9 @@ pub struct ConnShared {
     /// On the server's list of sockets to flush from the loop thread.
     flush_listed: AtomicBool,
     sender_waiting: AtomicBool,
+    /// The IO task holds back a close until the handler has taken every message and asks
+    /// for the next: wake it when the handler parks on an empty inbox.
+    io_awaits_receiver: AtomicBool,
     /// How the connection ended; set once, by the first `end`.
     closed: OnceLock<CloseInfo>,
     /// The end is visible to Python (receive, send, states); set after `closed`.
@@ -195,6 +198,7 @@ impl ConnShared {
             io_waker: AtomicWaker::new(),
             flush_listed: AtomicBool::new(false),
             sender_waiting: AtomicBool::new(false),
+            io_awaits_receiver: AtomicBool::new(false),
             closed: OnceLock::new(),
             ended: AtomicBool::new(false),
             disconnect_delivered: AtomicBool::new(false),
@@ -274,7 +278,20 @@ impl ConnShared {
             return Received::Ended(self.close_info().unwrap_or_else(lost));
         }
         inbox.receiver_waiting = true;
+        drop(inbox);
+        if self.io_awaits_receiver.load(Ordering::Acquire) {
+            self.io_waker.wake();
+        }
         Received::Empty
+    }
+
+    /// Called by the IO task: has the handler taken every delivered message and parked on
+    /// the next receive? Until it has, the replies to those messages may still come. If
+    /// not, the IO task is woken when it parks.
+    pub fn receiver_caught_up(&self) -> bool {
+        self.io_awaits_receiver.store(true, Ordering::Release);
+        let inbox = self.inbox.lock();
+        inbox.queue.is_empty() && inbox.receiver_waiting
     }
 
     // ---- outbox: Python and registries → the IO task ----

@@ -5,6 +5,10 @@
 //! unfinished frame are kept (a large payload is read straight into its own buffer). The
 //! encoder produces a frame as a small header plus the payload `Bytes`, so a broadcast
 //! hands every member the same payload and the socket is written with one `writev`.
+//!
+//! Decoding is strict and sans-IO: bytes in, messages and control frames out, and the
+//! first violation returned as soon as the bytes that hold it are seen (text is validated
+//! piece by piece as it arrives), after everything complete before it was handed out.
 
 use bytes::{Bytes, BytesMut};
 
@@ -43,6 +47,13 @@ impl Text {
             }),
             Err(_) => Err(Violation::InvalidUtf8),
         }
+    }
+
+    /// Text whose bytes `Utf8Check` has already validated, fragment by fragment.
+    fn validated(bytes: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok());
+        let ascii = bytes.is_ascii();
+        Self { bytes, ascii }
     }
 
     pub fn as_str(&self) -> &str {
@@ -84,6 +95,66 @@ impl Violation {
             Violation::Protocol(reason) => (1002, reason),
             Violation::InvalidUtf8 => (1007, "invalid UTF-8 in text message"),
             Violation::TooBig => (1009, "message too big"),
+        }
+    }
+}
+
+/// Incremental UTF-8 validation of a text message whose bytes arrive in pieces
+/// (fragments, or one frame's payload over several reads), so that invalid text fails on
+/// the piece that holds it rather than when the message ends. Only the up-to-3 bytes of
+/// a code point cut by a piece boundary are kept between pieces.
+#[derive(Default)]
+struct Utf8Check {
+    tail: [u8; 4],
+    tail_len: usize,
+    /// Some piece was checked: the message's end must be checked here too.
+    seen_any: bool,
+}
+
+impl Utf8Check {
+    /// Check the next piece of the text.
+    fn feed(&mut self, mut piece: &[u8]) -> Result<(), Violation> {
+        self.seen_any = true;
+        if self.tail_len > 0 {
+            // Complete the cut code point first: its lead byte gives its width.
+            let width = match self.tail[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - self.tail_len).min(piece.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&piece[..take]);
+            self.tail_len += take;
+            piece = &piece[take..];
+            match std::str::from_utf8(&self.tail[..self.tail_len]) {
+                Ok(_) => self.tail_len = 0,
+                Err(error) if error.error_len().is_none() => return Ok(()),
+                Err(_) => return Err(Violation::InvalidUtf8),
+            }
+        }
+        if piece.is_ascii() {
+            return Ok(());
+        }
+        match std::str::from_utf8(piece) {
+            Ok(_) => Ok(()),
+            Err(error) if error.error_len().is_none() => {
+                let rest = &piece[error.valid_up_to()..];
+                self.tail[..rest.len()].copy_from_slice(rest);
+                self.tail_len = rest.len();
+                Ok(())
+            }
+            Err(_) => Err(Violation::InvalidUtf8),
+        }
+    }
+
+    /// The text ended: a code point still cut is invalid.
+    fn finish(&mut self) -> Result<(), Violation> {
+        let complete = self.tail_len == 0;
+        *self = Self::default();
+        if complete {
+            Ok(())
+        } else {
+            Err(Violation::InvalidUtf8)
         }
     }
 }
@@ -174,24 +245,47 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// XOR `data`, which starts `offset` bytes into its frame's payload, with the mask.
+fn unmask_at(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    let phase = offset & 3;
+    let rotated = [
+        mask[phase],
+        mask[(phase + 1) & 3],
+        mask[(phase + 2) & 3],
+        mask[(phase + 3) & 3],
+    ];
+    unmask(data, rotated);
+}
+
 /// A frame whose header is read and whose payload is still arriving.
 struct Partial {
     fin: bool,
     opcode: u8,
     mask: [u8; 4],
     len: usize,
+    /// Unmasked up to `checked`; still masked after it.
     payload: BytesMut,
+    /// Payload bytes already unmasked (and, for text, validated as they arrived).
+    checked: usize,
+    /// The payload is text: it is validated as it arrives.
+    text: bool,
 }
 
 /// Turns the bytes a client sends into messages and control frames.
+///
+/// Everything complete before a violation is handed out first; the violation is returned
+/// as soon as the bytes that hold it are seen (a bad header at once, invalid text on the
+/// fragment or read that holds it), and the decoder is not fed again after it.
 pub struct Decoder {
     max_size: usize,
     /// An incomplete header: its bytes so far.
     head: [u8; MAX_HEADER],
     head_len: usize,
     frame: Option<Partial>,
-    /// A fragmented message: its opcode and the payload so far.
+    /// A fragmented message: its opcode and the payload so far (unmasked).
     message: Option<(u8, BytesMut)>,
+    /// The text message being received, checked piece by piece.
+    utf8: Utf8Check,
 }
 
 impl Decoder {
@@ -202,6 +296,7 @@ impl Decoder {
             head_len: 0,
             frame: None,
             message: None,
+            utf8: Utf8Check::default(),
         }
     }
 
@@ -221,13 +316,19 @@ impl Decoder {
 
     /// Account for bytes read straight into `direct_buffer`.
     pub fn feed_direct(&mut self, out: &mut impl FnMut(Received)) -> Result<(), Violation> {
-        let complete = self
-            .frame
-            .as_ref()
-            .is_some_and(|frame| frame.payload.len() == frame.len);
-        if complete {
+        let Some(frame) = &mut self.frame else {
+            return Ok(());
+        };
+        // Unmask what arrived and check it now, not when the frame is complete.
+        let arrived = &mut frame.payload[frame.checked..];
+        unmask_at(arrived, frame.mask, frame.checked);
+        if frame.text {
+            self.utf8.feed(arrived)?;
+        }
+        frame.checked = frame.payload.len();
+        if frame.checked == frame.len {
             let frame = self.frame.take().expect("checked above");
-            self.finish(frame.fin, frame.opcode, frame.mask, frame.payload, out)?;
+            self.finish(frame.fin, frame.opcode, frame.payload, frame.text, out)?;
         }
         Ok(())
     }
@@ -273,11 +374,17 @@ impl Decoder {
                 }
             };
             data = &data[used..];
+            let text = self.start_frame(&header)?;
             if header.len <= data.len() {
                 // The whole payload is here: one allocation, one copy, no partial state.
-                let payload = BytesMut::from(&data[..header.len]);
+                let mut payload = BytesMut::from(&data[..header.len]);
                 data = &data[header.len..];
-                self.finish(header.fin, header.opcode, header.mask, payload, out)?;
+                unmask(&mut payload, header.mask);
+                if text && !(header.fin && header.opcode == OP_TEXT) {
+                    // A fragment: checked now. A whole text message is checked once, below.
+                    self.utf8.feed(&payload)?;
+                }
+                self.finish(header.fin, header.opcode, payload, text, out)?;
             } else {
                 let mut payload = BytesMut::with_capacity(header.len);
                 payload.extend_from_slice(data);
@@ -288,21 +395,51 @@ impl Decoder {
                     mask: header.mask,
                     len: header.len,
                     payload,
+                    checked: 0,
+                    text,
                 });
+                self.feed_direct(out)?;
             }
         }
         Ok(())
     }
 
+    /// Check that a frame may come now, before its payload is read; returns whether its
+    /// payload is text.
+    fn start_frame(&mut self, header: &Header) -> Result<bool, Violation> {
+        match header.opcode {
+            OP_TEXT | OP_BINARY => {
+                if self.message.is_some() {
+                    return Err(Violation::Protocol("new message inside a fragmented one"));
+                }
+                if header.opcode == OP_TEXT {
+                    self.utf8 = Utf8Check::default();
+                }
+                Ok(header.opcode == OP_TEXT)
+            }
+            OP_CONTINUATION => {
+                let Some((kind, so_far)) = &self.message else {
+                    return Err(Violation::Protocol("continuation without a message"));
+                };
+                if so_far.len() + header.len > self.max_size {
+                    return Err(Violation::TooBig);
+                }
+                Ok(*kind == OP_TEXT)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A frame is complete and its payload unmasked. Text fragments have been validated as
+    /// they arrived, except a whole unfragmented text frame read at once, validated here.
     fn finish(
         &mut self,
         fin: bool,
         opcode: u8,
-        mask: [u8; 4],
-        mut payload: BytesMut,
+        payload: BytesMut,
+        text: bool,
         out: &mut impl FnMut(Received),
     ) -> Result<(), Violation> {
-        unmask(&mut payload, mask);
         match opcode {
             OP_PING => out(Received::Ping(payload.freeze())),
             OP_PONG => out(Received::Pong(payload.freeze())),
@@ -311,40 +448,38 @@ impl Decoder {
                 out(Received::Close(code, reason));
             }
             OP_TEXT | OP_BINARY => {
-                if self.message.is_some() {
-                    return Err(Violation::Protocol("new message inside a fragmented one"));
-                }
-                if fin {
-                    out(message(opcode, payload.freeze())?);
-                } else {
+                if !fin {
                     self.message = Some((opcode, payload));
+                } else if text {
+                    out(Received::Text(self.complete_text(payload.freeze())?));
+                } else {
+                    out(Received::Binary(payload.freeze()));
                 }
             }
             _ => {
-                let Some((kind, mut so_far)) = self.message.take() else {
-                    return Err(Violation::Protocol("continuation without a message"));
-                };
-                if so_far.len() + payload.len() > self.max_size {
-                    return Err(Violation::TooBig);
-                }
+                let (kind, mut so_far) = self.message.take().expect("checked by start_frame");
                 so_far.extend_from_slice(&payload);
-                if fin {
-                    out(message(kind, so_far.freeze())?);
-                } else {
+                if !fin {
                     self.message = Some((kind, so_far));
+                } else if text {
+                    out(Received::Text(self.complete_text(so_far.freeze())?));
+                } else {
+                    out(Received::Binary(so_far.freeze()));
                 }
             }
         }
         Ok(())
     }
-}
 
-fn message(opcode: u8, payload: Bytes) -> Result<Received, Violation> {
-    Ok(if opcode == OP_TEXT {
-        Received::Text(Text::new(payload)?)
-    } else {
-        Received::Binary(payload)
-    })
+    /// The last piece of a text message: validated already unless it came whole at once.
+    fn complete_text(&mut self, bytes: Bytes) -> Result<Text, Violation> {
+        if self.utf8.seen_any {
+            self.utf8.finish()?;
+            Ok(Text::validated(bytes))
+        } else {
+            Text::new(bytes)
+        }
+    }
 }
 
 fn parse_close(payload: &[u8]) -> Result<(u16, String), Violation> {
@@ -526,6 +661,227 @@ mod tests {
             .feed(&client_frame(true, OP_BINARY, &[0; 11]), &mut |_| {})
             .unwrap_err();
         assert_eq!(err, Violation::TooBig);
+    }
+
+    /// Feed `wire` one byte at a time: the messages handed out, and the index of the byte
+    /// whose feed returned the violation.
+    fn decode_bytewise(wire: &[u8]) -> (Vec<Received>, Option<(usize, Violation)>) {
+        let mut decoder = Decoder::new(1 << 20);
+        let mut got = Vec::new();
+        for (i, byte) in wire.iter().enumerate() {
+            if let Err(violation) = decoder.feed(std::slice::from_ref(byte), &mut |r| got.push(r)) {
+                return (got, Some((i, violation)));
+            }
+        }
+        (got, None)
+    }
+
+    const MIXED: &str = "aé€😀zκόσμε";
+
+    #[test]
+    fn text_split_into_fragments_at_every_byte_is_whole_again() {
+        let bytes = MIXED.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut wire = client_frame(false, OP_TEXT, &bytes[..cut]);
+            wire.extend(client_frame(true, OP_PING, b"between"));
+            wire.extend(client_frame(true, OP_CONTINUATION, &bytes[cut..]));
+            for piece in [1, 3, wire.len()] {
+                let got = decode_in_pieces(&wire, piece).unwrap();
+                assert_eq!(got.len(), 2, "cut {cut} piece {piece}");
+                assert!(matches!(&got[0], Received::Ping(p) if &p[..] == b"between"));
+                assert!(
+                    matches!(&got[1], Received::Text(t) if t.as_str() == MIXED && !t.is_ascii()),
+                    "cut {cut} piece {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn text_in_one_fragment_per_byte_is_whole_again() {
+        let bytes = MIXED.as_bytes();
+        let mut wire = Vec::new();
+        for (i, byte) in bytes.iter().enumerate() {
+            let opcode = if i == 0 { OP_TEXT } else { OP_CONTINUATION };
+            wire.extend(client_frame(i + 1 == bytes.len(), opcode, &[*byte]));
+        }
+        let got = decode_in_pieces(&wire, wire.len()).unwrap();
+        assert!(matches!(&got[..], [Received::Text(t)] if t.as_str() == MIXED));
+    }
+
+    #[test]
+    fn invalid_text_fails_on_the_fragment_that_holds_it() {
+        // 0xF4 0x90: a code point past U+10FFFF; the message never gets its last fragment.
+        let first = "κόσμε".as_bytes();
+        let mut wire = client_frame(false, OP_TEXT, first);
+        let second_at = wire.len();
+        wire.extend(client_frame(
+            false,
+            OP_CONTINUATION,
+            &[0xF4, 0x90, 0x80, 0x80],
+        ));
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.feed(&wire[..second_at], &mut |_| {}).unwrap();
+        let err = decoder.feed(&wire[second_at..], &mut |_| {}).unwrap_err();
+        assert_eq!(err.close().0, 1007);
+        // Fed byte by byte, it fails on the 0x90 (header 6 bytes, then 0xF4, then 0x90).
+        let (got, failed) = decode_bytewise(&wire);
+        assert!(got.is_empty());
+        assert_eq!(failed, Some((second_at + 6 + 1, Violation::InvalidUtf8)));
+    }
+
+    #[test]
+    fn invalid_text_in_one_frame_fails_on_the_read_that_holds_it() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        let bad = payload.len();
+        payload.extend([0xED, 0xA0, 0x80]); // a UTF-16 surrogate: invalid at 0xA0
+        payload.extend(b"edited");
+        let wire = client_frame(true, OP_TEXT, &payload);
+        let (got, failed) = decode_bytewise(&wire);
+        assert!(got.is_empty());
+        assert_eq!(failed, Some((6 + bad + 1, Violation::InvalidUtf8)));
+        // A large frame read straight into its buffer fails on the direct read too.
+        let mut big = vec![b'a'; 10_000];
+        big[5_000] = 0xFF;
+        let wire = client_frame(true, OP_TEXT, &big);
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.feed(&wire[..100], &mut |_| {}).unwrap();
+        let buffer = decoder.direct_buffer().expect("a large payload is pending");
+        buffer.extend_from_slice(&wire[100..6_000]);
+        assert_eq!(
+            decoder.feed_direct(&mut |_| {}),
+            Err(Violation::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn a_code_point_cut_by_the_message_end_is_invalid() {
+        let mut wire = client_frame(false, OP_TEXT, "ok".as_bytes());
+        wire.extend(client_frame(true, OP_CONTINUATION, &"é".as_bytes()[..1]));
+        assert_eq!(
+            decode_in_pieces(&wire, wire.len()).unwrap_err(),
+            Violation::InvalidUtf8
+        );
+        let single = client_frame(true, OP_TEXT, &"€".as_bytes()[..2]);
+        for piece in [1, single.len()] {
+            assert_eq!(
+                decode_in_pieces(&single, piece).unwrap_err(),
+                Violation::InvalidUtf8
+            );
+        }
+    }
+
+    #[test]
+    fn binary_fragments_are_not_checked_as_text() {
+        let mut wire = client_frame(false, OP_BINARY, &[0xFF]);
+        wire.extend(client_frame(true, OP_CONTINUATION, &[0xFE]));
+        let got = decode_in_pieces(&wire, 1).unwrap();
+        assert!(matches!(&got[..], [Received::Binary(b)] if b[..] == [0xFF, 0xFE]));
+    }
+
+    #[test]
+    fn messages_before_a_violation_are_handed_out() {
+        let mut bad_bits = client_frame(true, OP_TEXT, b"after");
+        bad_bits[0] |= 0x40;
+        let mut reserved_opcode = client_frame(true, 0x5, b"");
+        reserved_opcode.extend(client_frame(true, OP_PING, b""));
+        let mut stray = client_frame(false, OP_TEXT, b"frag");
+        stray.extend(client_frame(true, OP_CONTINUATION, b"ment1"));
+        stray.extend(client_frame(false, OP_CONTINUATION, b"x"));
+        for (violation, expect) in [
+            (bad_bits, vec!["Hello"]),
+            (reserved_opcode, vec!["Hello"]),
+            (stray, vec!["Hello", "fragment1"]),
+        ] {
+            let mut wire = client_frame(true, OP_TEXT, b"Hello");
+            wire.extend(violation);
+            for piece in [1, wire.len()] {
+                let mut decoder = Decoder::new(1 << 20);
+                let mut got = Vec::new();
+                let mut result = Ok(());
+                for chunk in wire.chunks(piece) {
+                    result = decoder.feed(chunk, &mut |r| got.push(r));
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                assert_eq!(result.unwrap_err().close().0, 1002);
+                let texts: Vec<&str> = got
+                    .iter()
+                    .map(|r| match r {
+                        Received::Text(t) => t.as_str(),
+                        other => panic!("unexpected {other:?}"),
+                    })
+                    .collect();
+                assert_eq!(texts, expect);
+            }
+        }
+    }
+
+    #[test]
+    fn sequencing_errors_fail_on_the_header() {
+        // The second header alone is enough: its payload is never waited for.
+        let mut wire = client_frame(false, OP_TEXT, b"a");
+        let header_end = wire.len() + 2 + 4;
+        wire.extend(client_frame(true, OP_BINARY, &[0; 50]));
+        let mut decoder = Decoder::new(1 << 20);
+        assert_eq!(
+            decoder.feed(&wire[..header_end], &mut |_| {}).unwrap_err(),
+            Violation::Protocol("new message inside a fragmented one")
+        );
+        let mut decoder = Decoder::new(100);
+        let mut wire = client_frame(false, OP_BINARY, &[0; 60]);
+        let header_end = wire.len() + 2 + 4;
+        wire.extend(client_frame(true, OP_CONTINUATION, &[0; 60]));
+        assert_eq!(
+            decoder.feed(&wire[..header_end], &mut |_| {}).unwrap_err(),
+            Violation::TooBig
+        );
+    }
+
+    #[test]
+    fn close_codes_are_checked() {
+        let close = |payload: &[u8]| decode_in_pieces(&client_frame(true, OP_CLOSE, payload), 64);
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 4999,
+        ] {
+            let got = close(&code.to_be_bytes()).unwrap();
+            assert_eq!(got, vec![Received::Close(code, String::new())]);
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(
+                close(&code.to_be_bytes()).unwrap_err().close().0,
+                1002,
+                "{code}"
+            );
+        }
+        assert_eq!(close(&[0x03]).unwrap_err().close().0, 1002);
+        assert_eq!(
+            close(&[]).unwrap(),
+            vec![Received::Close(1005, String::new())]
+        );
+        assert_eq!(
+            close(&[0x03, 0xE8, 0xFF]).unwrap_err(),
+            Violation::InvalidUtf8
+        );
+        let mut long = client_frame(true, OP_PING, &[0; 125]);
+        long[1] = 0x80 | 126;
+        assert_eq!(decode_in_pieces(&long, 200).unwrap_err().close().0, 1002);
+    }
+
+    #[test]
+    fn unmasking_from_any_offset_matches_unmasking_at_once() {
+        let mask = [1, 2, 3, 4];
+        let data: Vec<u8> = (0..=255).collect();
+        let mut whole = data.clone();
+        unmask(&mut whole, mask);
+        for cut in 0..data.len() {
+            let mut pieces = data.clone();
+            let (a, b) = pieces.split_at_mut(cut);
+            unmask_at(a, mask, 0);
+            unmask_at(b, mask, cut);
+            assert_eq!(pieces, whole, "cut {cut}");
+        }
     }
 
     #[test]

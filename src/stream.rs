@@ -5,8 +5,10 @@
 //! idle socket holds no read buffer; a large payload is read straight into its own
 //! buffer. Messages go to the bounded inbox (reading stops while it is full, so TCP
 //! pushes back). Writing goes through `ConnShared::write_queued`: up to 64 queued frames
-//! per `writev`, headers and shared payloads side by side. Nothing here takes the GIL:
-//! Python learns about everything through `ConnShared` and the bridge.
+//! per `writev`, headers and shared payloads side by side. When the peer breaks the
+//! protocol, reading stops and the close is held until the handler has answered the
+//! messages that came before the violation (or for a short grace). Nothing here takes
+//! the GIL: Python learns about everything through `ConnShared` and the bridge.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use std::os::fd::AsRawFd;
@@ -26,6 +29,10 @@ use crate::bridge::LOG_INFO;
 use crate::connection::{ConnShared, Incoming};
 use crate::frame::{self, Decoder, OutFrame, Received, Violation};
 use crate::heartbeat::{self, Beat, Heartbeat};
+
+/// How long a protocol error's close waits at most for the handler to answer the messages
+/// that arrived complete before the error (never longer than `close_timeout`).
+const FAIL_GRACE: Duration = Duration::from_secs(1);
 
 /// Size of each IO thread's read buffer, shared by all its sockets.
 const SCRATCH: usize = 64 * 1024;
@@ -51,6 +58,14 @@ pub async fn run(shared: Arc<ConnShared>, tcp: TcpStream, read_ahead: Bytes) {
     shared.end(1006, "connection lost");
 }
 
+/// A violation of the peer's, whose close waits until the handler has answered what came
+/// before it.
+struct Failure {
+    code: u16,
+    reason: &'static str,
+    deadline: Instant,
+}
+
 enum ReadState {
     Open,
     /// The peer sent its close, broke the protocol or went away: nothing more to read.
@@ -67,6 +82,8 @@ struct Io {
     /// The connection ends once the close frame is written (peer's close answered, or a
     /// protocol error).
     finish_after_close: bool,
+    /// The peer broke the protocol; the close goes out once the handler caught up.
+    failure: Option<Failure>,
     heartbeat: Heartbeat,
     /// When a closing handshake started: the socket is dropped `close_timeout` later.
     closing_deadline: Option<Instant>,
@@ -87,6 +104,7 @@ impl Io {
             reading: ReadState::Open,
             close_sent: false,
             finish_after_close: false,
+            failure: None,
             heartbeat,
             closing_deadline: None,
             write_blocked: false,
@@ -124,9 +142,30 @@ impl Io {
                     self.shared.id
                 ),
             );
-            self.shared.close(code, reason);
+            // Nothing after the violation is read. What came complete before it is in the
+            // inbox: the close waits for the handler's answers to it (`fail_when_caught_up`).
             self.reading = ReadState::Done;
             self.finish_after_close = true;
+            let grace = FAIL_GRACE.min(self.shared.server.config.close_timeout);
+            self.failure = Some(Failure {
+                code,
+                reason,
+                deadline: Instant::now() + grace,
+            });
+            self.fail_when_caught_up();
+        }
+    }
+
+    /// Send a pending violation's close once the handler has taken every message and
+    /// parked on the next receive (so its replies are queued before the close), or once
+    /// the grace is over.
+    fn fail_when_caught_up(&mut self) {
+        let Some(failure) = &self.failure else {
+            return;
+        };
+        if Instant::now() >= failure.deadline || self.shared.receiver_caught_up() {
+            self.shared.close(failure.code, failure.reason);
+            self.failure = None;
         }
     }
 
@@ -223,6 +262,7 @@ impl Io {
                 next = earliest(next, self.heartbeat.write_deadline());
             }
             next = earliest(next, self.closing_deadline);
+            next = earliest(next, self.failure.as_ref().map(|failure| failure.deadline));
             if next != self.timer_at {
                 self.timer_at = next;
                 if let Some(at) = next {
@@ -233,6 +273,7 @@ impl Io {
                 return;
             }
             let now = Instant::now();
+            self.fail_when_caught_up();
             if self.closing_deadline.is_some_and(|at| now >= at) {
                 self.shared.stop();
                 return;
@@ -269,6 +310,7 @@ impl Future for Io {
         if io.shared.is_stopped() {
             return Poll::Ready(());
         }
+        io.fail_when_caught_up();
         if io.poll_read(cx).is_ready() {
             // The peer went away: answering is no longer possible.
             if !io.close_sent {

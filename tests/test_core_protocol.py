@@ -167,3 +167,56 @@ async def test_binary_message_over_max_size_closes_with_1009(small_max_size_serv
         assert (await raw.close_frame()).close_code == 1009
     finally:
         await raw.aclose()
+
+
+def with_reserved_bit(frame: bytes) -> bytes:
+    return bytes([frame[0] | 0x40]) + frame[1:]
+
+
+@pytest.mark.parametrize(
+    "held_back",
+    [
+        pytest.param("final-fragment", id="second-of-three-fragments"),
+        pytest.param("rest-of-frame", id="middle-of-one-frame"),
+    ],
+)
+async def test_invalid_utf8_closes_with_1007_before_the_message_ends(core_server, held_back):
+    # 0xF4 0x90 0x80 0x80 would be U+110000: no valid text goes on from it.
+    first, invalid, last = "κόσμε".encode(), b"\xf4\x90\x80\x80", b"edited"
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        if held_back == "final-fragment":
+            raw.writer.write(encode_frame(OPCODE_TEXT, first, fin=False))
+            raw.writer.write(encode_frame(OPCODE_CONTINUATION, invalid, fin=False))
+        else:
+            whole = encode_frame(OPCODE_TEXT, first + invalid + last)
+            raw.writer.write(whole[: -len(last)])
+        await raw.writer.drain()
+        # The rest of the message is never sent: the close must come from what was.
+        assert (await raw.close_frame()).close_code == 1007
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.parametrize(
+    "violation",
+    [
+        pytest.param(with_reserved_bit(encode_frame(OPCODE_TEXT, b"after")), id="reserved-bit"),
+        pytest.param(encode_frame(0x5, b""), id="reserved-opcode"),
+        pytest.param(encode_frame(OPCODE_CONTINUATION, b"orphan"), id="stray-continuation"),
+        pytest.param(encode_frame(OPCODE_PING, b"x", fin=False), id="fragmented-ping"),
+    ],
+)
+async def test_message_before_a_violation_in_the_same_write_is_echoed_before_the_close(
+    core_server, violation
+):
+    raw = await RawWebSocket.open(core_server.port, "/echo")
+    try:
+        raw.writer.write(encode_frame(OPCODE_TEXT, b"Hello, world!") + violation)
+        await raw.writer.drain()
+        echo = await raw.read_frame()
+        assert (echo.opcode, echo.payload) == (OPCODE_TEXT, b"Hello, world!")
+        close = await raw.read_frame()
+        assert close.close_code == 1002
+    finally:
+        await raw.aclose()
