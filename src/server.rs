@@ -447,8 +447,17 @@ fn handshake_problem(request: &Request<Incoming>) -> Option<&'static str> {
     if request.method() != hyper::Method::GET {
         return Some("the WebSocket handshake must be a GET request");
     }
+    if request.version() < hyper::Version::HTTP_11 {
+        return Some("the WebSocket handshake needs HTTP/1.1 or later");
+    }
+    if !headers.contains_key(header::HOST) {
+        return Some("missing Host header");
+    }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Some("missing \"Connection: Upgrade\"");
+    }
+    if headers.get_all(header::ORIGIN).iter().count() > 1 {
+        return Some("more than one Origin header");
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)

@@ -14,6 +14,7 @@ from core_support import (
     encode_frame,
     handshake_headers,
     raw_handshake,
+    read_http_head,
     recv,
 )
 from websockets.asyncio.client import connect
@@ -220,3 +221,41 @@ async def test_message_before_a_violation_in_the_same_write_is_echoed_before_the
         assert close.close_code == 1002
     finally:
         await raw.aclose()
+
+
+async def _status_of_raw_head(port: int, head: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode())
+        await writer.drain()
+        status, _ = await read_http_head(reader)
+        return status
+    finally:
+        writer.close()
+
+
+_UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(f"GET /echo HTTP/1.0\r\nHost: x\r\n{_UPGRADE}\r\n", id="http-1.0"),
+        pytest.param(f"GET /echo HTTP/1.1\r\n{_UPGRADE}\r\n", id="no-host"),
+        pytest.param(
+            f"GET /echo HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
+            f"Origin: https://b.example\r\n{_UPGRADE}\r\n",
+            id="two-origins",
+        ),
+    ],
+)
+async def test_handshakes_rfc_6455_forbids_are_400(core_server, head):
+    assert await _status_of_raw_head(core_server.port, head) == 400
+
+
+async def test_the_same_handshake_with_one_origin_and_a_host_is_accepted(core_server):
+    head = f"GET /echo HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n{_UPGRADE}\r\n"
+    assert await _status_of_raw_head(core_server.port, head) == 101
