@@ -342,7 +342,8 @@ impl ConnShared {
         self.queue(frame);
     }
 
-    /// Queue a frame only if it fits under the outbox limit (fan-out uses this).
+    /// Queue a frame only if it fits under the outbox limit (fan-out uses this; it counts
+    /// the messages sent once per broadcast, not here per member).
     pub fn offer(&self, frame: OutFrame, size: usize) -> Offer {
         if self.is_closing() {
             return Offer::Ended;
@@ -352,8 +353,6 @@ impl ConnShared {
         if queued + size > limit && queued > 0 {
             return Offer::Full;
         }
-        stats::bump(&counter::messages_sent);
-        stats::add(&counter::bytes_sent, frame.payload.len() as u64);
         self.queue(frame);
         Offer::Queued
     }

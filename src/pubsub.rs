@@ -11,8 +11,8 @@
 //! names the registry that owns it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -144,7 +144,12 @@ pub struct Link {
     pending: Mutex<HashMap<u64, Pending>>,
     next_query: AtomicU64,
     pub notices: Bridge<Notice>,
-    local: Mutex<Option<Weak<dyn LocalMembers>>>,
+    /// The manager's members, set once by `start`.
+    local: OnceLock<Weak<dyn LocalMembers>>,
+    /// This process's instance number and newest node tag, read at `start` (in the
+    /// process that serves, after any fork) so that no message asks `node` for them.
+    instance: OnceLock<u64>,
+    origin_tag: AtomicU32,
     task: Mutex<Option<JoinHandle<()>>>,
     /// The server refused the tag claims once (logged once).
     claims_refused: AtomicBool,
@@ -196,7 +201,9 @@ impl Link {
             pending: Mutex::new(HashMap::new()),
             next_query: AtomicU64::new(1),
             notices: Bridge::new().map_err(|e| format!("cannot make an eventfd: {e}"))?,
-            local: Mutex::new(None),
+            local: OnceLock::new(),
+            instance: OnceLock::new(),
+            origin_tag: AtomicU32::new(0),
             task: Mutex::new(None),
             claims_refused: AtomicBool::new(false),
         })
@@ -207,7 +214,9 @@ impl Link {
         let Some(receiver) = self.receiver.lock().take() else {
             return;
         };
-        *self.local.lock() = Some(local);
+        let _ = self.local.set(local);
+        let _ = self.instance.set(node::instance());
+        self.origin_tag.store(node::tag(), Ordering::Relaxed);
         let link = self.clone();
         let task = crate::runtime::get().spawn(async move { link.run(receiver).await });
         *self.task.lock() = Some(task);
@@ -260,6 +269,19 @@ impl Link {
         format!("{}:node:{tag}", self.settings.channel_prefix)
     }
 
+    /// An envelope from this process (instance 0 before `start`: nothing reads it then).
+    fn envelope(&self, body: Body) -> Envelope {
+        Envelope {
+            origin_tag: self.origin_tag.load(Ordering::Relaxed),
+            origin_instance: self.instance.get().copied().unwrap_or(0),
+            body,
+        }
+    }
+
+    fn local(&self) -> Option<Arc<dyn LocalMembers>> {
+        self.local.get().and_then(Weak::upgrade)
+    }
+
     // ---- what the manager asks ----
 
     /// Publish a message for the members `target` names on every other process.
@@ -269,16 +291,12 @@ impl Link {
             Target::Room(room) => self.room_channel(room),
             Target::One(id) => self.node_channel(node::tag_of(*id)),
         };
-        let envelope = Envelope {
-            origin_tag: node::tag(),
-            origin_instance: node::instance(),
-            body: Body::Message {
-                target: target.clone(),
-                exclude,
-                binary: frame.is_binary(),
-                payload: frame.payload.clone(),
-            },
-        };
+        let envelope = self.envelope(Body::Message {
+            target: target.clone(),
+            exclude,
+            binary: frame.is_binary(),
+            payload: frame.payload.clone(),
+        });
         self.enqueue(channel, envelope.encode(), None);
     }
 
@@ -321,7 +339,7 @@ impl Link {
     /// Ask every process (this one included) and answer later with `Notice::Answer`.
     pub fn query(self: &Arc<Self>, query: Query, room: Option<String>) -> u64 {
         let id = self.next_query.fetch_add(1, Ordering::Relaxed);
-        let local = self.local.lock().as_ref().and_then(Weak::upgrade);
+        let local = self.local();
         let values = local.map_or_else(Vec::new, |l| l.answer(query, room.as_deref()));
         if self.state() != State::Connected {
             let why = format!(
@@ -342,11 +360,7 @@ impl Link {
                 answered: 0,
             },
         );
-        let envelope = Envelope {
-            origin_tag: node::tag(),
-            origin_instance: node::instance(),
-            body: Body::Query { id, query, room },
-        };
+        let envelope = self.envelope(Body::Query { id, query, room });
         if !self.enqueue(self.all_channel(), envelope.encode(), Some(id)) {
             self.finish(
                 id,
@@ -602,6 +616,7 @@ impl Link {
             };
             if !ours && node::tag() == tag {
                 let fresh = node::abandon(tag);
+                self.origin_tag.store(fresh, Ordering::Relaxed);
                 self.log(
                     LOG_WARNING,
                     format!("node tag {tag} is held by another process; new ids use {fresh}"),
@@ -739,11 +754,11 @@ impl Link {
             Ok(envelope) => envelope,
             Err(Malformed(why)) => return self.malformed(message.get_channel_name(), why),
         };
-        if envelope.origin_instance == node::instance() {
+        if Some(&envelope.origin_instance) == self.instance.get() {
             return; // our own message, already delivered here
         }
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let Some(local) = self.local.lock().as_ref().and_then(Weak::upgrade) else {
+        let Some(local) = self.local() else {
             return;
         };
         match envelope.body {
@@ -763,14 +778,10 @@ impl Link {
                 local.deliver_remote(frame, &target, exclude);
             }
             Body::Query { id, query, room } => {
-                let reply = Envelope {
-                    origin_tag: node::tag(),
-                    origin_instance: node::instance(),
-                    body: Body::Reply {
-                        id,
-                        values: local.answer(query, room.as_deref()),
-                    },
-                };
+                let reply = self.envelope(Body::Reply {
+                    id,
+                    values: local.answer(query, room.as_deref()),
+                });
                 self.enqueue(self.node_channel(envelope.origin_tag), reply.encode(), None);
             }
             Body::Reply { id, values } => self.collect(id, values),

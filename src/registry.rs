@@ -27,6 +27,7 @@ use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
 use crate::node;
 use crate::pubsub::{self, LocalMembers, Notice, QueryError};
+use crate::stats::{self, counter};
 use crate::websocket::{bytes_of, text_of, Connection};
 
 /// Room names travel in a 16-bit length field when a backend carries them.
@@ -160,6 +161,8 @@ impl RegistryInner {
                 }
             }
         }
+        stats::add(&counter::messages_sent, delivered);
+        stats::add(&counter::bytes_sent, delivered * frame.payload.len() as u64);
         let counters = &self.counters;
         counters.delivered.fetch_add(delivered, Ordering::Relaxed);
         counters.dropped.fetch_add(dropped, Ordering::Relaxed);
