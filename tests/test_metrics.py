@@ -30,6 +30,17 @@ async def scrape(server) -> dict[tuple[str, tuple], float]:
     return samples
 
 
+async def scrape_until(server, predicate, what: str) -> dict[tuple[str, tuple], float]:
+    """Scrape until ``predicate`` holds for the samples (at most ``TIMEOUT`` seconds)."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        samples = await scrape(server)
+        if predicate(samples):
+            return samples
+        assert asyncio.get_running_loop().time() < deadline, f"no {what} in the metrics"
+        await asyncio.sleep(0.05)
+
+
 def value(samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -46,8 +57,9 @@ async def test_metrics_move_as_clients_connect_send_and_leave(start_server):
     for _ in range(3):
         await websocket.send(json.dumps({"broadcast": payload}))
         assert await asyncio.wait_for(websocket.recv(), TIMEOUT) == payload
-    await asyncio.sleep(0.35)  # a few keepalive pings come back
-    during = await scrape(server)
+    during = await scrape_until(
+        server, lambda m: value(m, "ferrosock_ping_rtt_seconds_count") >= 1, "a pong"
+    )
     assert value(during, "ferrosock_open_connections") == 1
     assert value(during, "ferrosock_connections_opened_total") == 1
     assert value(during, "ferrosock_messages_received_total") == 3
@@ -61,8 +73,9 @@ async def test_metrics_move_as_clients_connect_send_and_leave(start_server):
         during, "ferrosock_ping_rtt_seconds_count"
     )
     await websocket.close(code=4001)
-    await asyncio.sleep(0.2)
-    after = await scrape(server)
+    after = await scrape_until(
+        server, lambda m: value(m, "ferrosock_open_connections") == 0, "the close"
+    )
     assert value(after, "ferrosock_open_connections") == 0
     assert value(after, "ferrosock_connections_closed_total") == 1
     assert value(after, "ferrosock_close_codes_total", code="4xxx") == 1

@@ -4,6 +4,7 @@ on each, and the native manager's calls reaching members wherever they are conne
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import shutil
 import signal
@@ -68,9 +69,12 @@ async def stats(server) -> dict:
 
 
 async def until(predicate, timeout: float, what: str):
+    """Poll ``predicate`` (sync or async) until it is true."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = await predicate()
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         await asyncio.sleep(0.05)
@@ -154,8 +158,8 @@ async def test_workers_behave_as_one_server(start_server, redis):
     members = []
     while len({i >> 32 for _, i in members}) < 3 and len(members) < 60:
         members.append(await member(server))
+    # Each worker logged "connected" once its channels were subscribed.
     assert len({i >> 32 for _, i in members}) == 3, "connections did not reach every worker"
-    await asyncio.sleep(0.3)  # every worker's subscription is confirmed by now
     sender = members[0][0]
     await command(sender, broadcast="to every worker")
     for websocket, _ in members:
@@ -321,8 +325,7 @@ async def test_a_thousand_clients_on_two_processes_get_a_burst_intact(cluster):
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     clients = await asyncio.gather(*[member(cluster[i % 2]) for i in range(1000)])
-    sender = clients[0][0]
-    await asyncio.sleep(0.2)
+    sender = clients[0][0]  # every member joined before its {"id"} was sent
     await command(sender, burst=100)
     expected = [f"{i:06d}" for i in range(100)]
 
@@ -513,7 +516,7 @@ async def test_a_room_is_subscribed_while_it_has_local_members_without_churn(clu
     channel = "ferrosock:default:room:churn"
     assert _subscribers(redis, channel) == 0
     first, _ = await member(a, "churn")
-    await until(lambda: _async(_subscribers(redis, channel) == 1), 5, "subscribing the room")
+    await until(lambda: _subscribers(redis, channel) == 1, 5, "subscribing the room")
     # Members coming and going quickly keep the one subscription.
     for _ in range(5):
         await first.close()
@@ -522,11 +525,7 @@ async def test_a_room_is_subscribed_while_it_has_local_members_without_churn(clu
     await first.close()
     await asyncio.sleep(1.0)
     assert _subscribers(redis, channel) == 1, "unsubscribed before the linger time"
-    await until(lambda: _async(_subscribers(redis, channel) == 0), 5, "unsubscribing the room")
-
-
-async def _async(value):
-    return value
+    await until(lambda: _subscribers(redis, channel) == 0, 5, "unsubscribing the room")
 
 
 async def test_rooms_are_resubscribed_after_redis_restarts(cluster, redis):
