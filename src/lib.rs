@@ -11,13 +11,15 @@ mod frame;
 mod heartbeat;
 mod http;
 mod node;
+mod poller;
+mod protocol;
 mod pubsub;
 mod registry;
 mod router;
 mod runtime;
 mod server;
+mod socket;
 mod stats;
-mod stream;
 mod websocket;
 
 use pyo3::prelude::*;

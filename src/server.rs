@@ -2,9 +2,9 @@
 //!
 //! Each TCP connection is served by hyper. A WebSocket upgrade on a known route is checked
 //! (malformed → 400, Python never sees it), then queued to Python and held open until the
-//! handler accepts (101, then the socket moves to `stream::run`) or refuses (403). HTTP
-//! requests are queued to Python and answered through a oneshot. `drain` runs queued events
-//! on the loop thread; IO threads never take the GIL.
+//! handler accepts (101, then the socket moves to the loop thread's `Poller`) or refuses
+//! (403). HTTP requests are queued to Python and answered through a oneshot. `drain` runs
+//! queued events on the loop thread; IO threads never take the GIL.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,7 +21,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -32,7 +31,10 @@ use crate::bridge::{Bridge, Event, LOG_INFO, LOG_WARNING};
 use crate::config::{seconds, ServerConfig};
 use crate::connection::{ConnShared, Decision, Handshake};
 use crate::http::{HttpRequest, PendingRequest, Reply};
+use crate::poller::{self, Poller};
+use crate::protocol::Limits;
 use crate::router::{percent_decode, Routes};
+use crate::socket::Socket;
 use crate::stats::{self, counter};
 use crate::websocket::Connection;
 
@@ -50,6 +52,8 @@ pub struct ServerState {
     to_flush: Mutex<Vec<Arc<ConnShared>>>,
     live: Mutex<HashMap<u64, Arc<ConnShared>>>,
     shutdown: CancellationToken,
+    /// Reads and writes the upgraded sockets, on the loop thread.
+    poller: Arc<Poller>,
 }
 
 impl ServerState {
@@ -142,6 +146,12 @@ impl Server {
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
         };
+        let poller = Poller::new(Limits {
+            max_size: config.ws_max_size,
+            ping_interval: config.ws_ping_interval,
+            ping_timeout: config.ws_ping_timeout,
+            close_timeout: config.close_timeout,
+        })?;
         let state = ServerState {
             config,
             bridge: Bridge::new()?,
@@ -151,6 +161,7 @@ impl Server {
             to_flush: Mutex::new(Vec::new()),
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            poller,
         };
         Ok(Self {
             state: Arc::new(state),
@@ -163,11 +174,13 @@ impl Server {
         })
     }
 
-    /// Start listening; `create_future` and `call_soon` are the event loop's.
+    /// Start listening; `create_future`, `call_soon` and `call_later` are the event
+    /// loop's.
     fn start(
         slf: &Bound<'_, Self>,
         create_future: Py<PyAny>,
         call_soon: Py<PyAny>,
+        call_later: Py<PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -176,7 +189,29 @@ impl Server {
         }
         let flush = slf.getattr("flush")?.unbind();
         let _ = this.state.schedule_flush.set((call_soon, flush));
+        let on_timer = slf.getattr("on_timer")?.unbind();
+        this.state.poller.set_timer(call_later, on_timer);
         this.listen(py)
+    }
+
+    /// Serve the sockets that are ready (the loop calls it when `poll_fd` is readable).
+    fn poll(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.poller.poll(py)
+    }
+
+    /// Run the heartbeats and closing deadlines that are due (armed with `call_later`).
+    fn on_timer(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.poller.on_timer(py)
+    }
+
+    #[getter]
+    fn poll_fd(&self) -> i32 {
+        self.state.poller.fd()
+    }
+
+    /// Drop every socket still open: the loop that drives them is going away.
+    fn stop(&self) {
+        self.state.poller.stop_all();
     }
 
     /// Write what handlers sent since the last flush (scheduled by the engine).
@@ -269,15 +304,8 @@ impl Server {
     }
 }
 
-/// Finish a parked awaitable's future, unless its task was cancelled meanwhile.
 fn resolve(py: Python<'_>, future: Option<Py<PyAny>>) -> PyResult<()> {
-    if let Some(future) = future {
-        let future = future.bind(py);
-        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            future.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
-    }
-    Ok(())
+    future.map_or(Ok(()), |future| poller::resolve(py, future))
 }
 
 fn bind(config: &ServerConfig) -> PyResult<std::net::TcpListener> {
@@ -594,12 +622,22 @@ async fn websocket_handshake(
             tokio::spawn(async move {
                 // The socket comes back from hyper as the TCP stream it accepted, with
                 // whatever hyper read past the handshake.
-                match upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-                    Ok(Ok(parts)) => {
-                        let tcp = parts.io.into_inner();
-                        crate::stream::run(connection, tcp, parts.read_buf).await;
+                let socket = match upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+                    Ok(Ok(parts)) => parts
+                        .io
+                        .into_inner()
+                        .into_std()
+                        .and_then(|tcp| Socket::new(tcp.into()))
+                        .map(|socket| (socket, parts.read_buf)),
+                    _ => Err(std::io::ErrorKind::Unsupported.into()),
+                };
+                match socket {
+                    // From here on the loop thread reads and writes it.
+                    Ok((socket, read_ahead)) => {
+                        let poller = connection.server.poller.clone();
+                        poller.adopt(connection, socket, read_ahead);
                     }
-                    _ => {
+                    Err(_) => {
                         connection.end(1006, "the upgrade failed");
                     }
                 }
