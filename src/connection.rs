@@ -22,6 +22,7 @@ use crate::bridge::{Event, LOG_DEBUG};
 use crate::frame::{OutFrame, Text};
 use crate::registry::RegistryInner;
 use crate::server::ServerState;
+use crate::slow::{self, SLOW_CODE, SLOW_REASON};
 use crate::socket::Socket;
 use crate::stats::{self, counter};
 
@@ -184,6 +185,15 @@ pub struct ConnShared {
     /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
     pub last_pong_at: AtomicU64,
     memberships: Mutex<Vec<Weak<RegistryInner>>>,
+    /// When a write last moved bytes of the outbox (`slow::now_nanos`): a socket over its
+    /// limit that makes no progress for `slow_consumer_timeout` is closed (`slow.rs`).
+    progress_at: AtomicU64,
+    /// A fan-out waits for room: notified once the outbox is under this many bytes
+    /// (stored plus one; 0 when nobody waits).
+    room_wanted: AtomicUsize,
+    pub room: tokio::sync::Notify,
+    /// A task watches a send parked past the outbox limit (`slow::watch_send`).
+    pub send_watch: AtomicBool,
 }
 
 impl ConnShared {
@@ -214,6 +224,10 @@ impl ConnShared {
             latency_us: AtomicU64::new(0),
             last_pong_at: AtomicU64::new(0),
             memberships: Mutex::new(Vec::new()),
+            progress_at: AtomicU64::new(0),
+            room_wanted: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            send_watch: AtomicBool::new(false),
         })
     }
 
@@ -343,7 +357,11 @@ impl ConnShared {
             match self.write_queued(false) {
                 Ok(Written { more: false, .. }) => return,
                 // Partly written: once more, so that a full socket is seen as full.
-                Ok(Written { more: true, wrote: true, .. }) => {}
+                Ok(Written {
+                    more: true,
+                    wrote: true,
+                    ..
+                }) => {}
                 Ok(_) => break,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => break,
@@ -413,6 +431,7 @@ impl ConnShared {
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            self.progress_at.store(slow::now_nanos(), Ordering::Release);
             while let Some(Outgoing { frame, size }) = queue.front_mut() {
                 let len = frame.wire_len();
                 if n < len {
@@ -482,12 +501,74 @@ impl ConnShared {
     /// Called by a writer after bytes left for the socket.
     pub fn written(self: &Arc<Self>, size: usize) {
         let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
+        if left < self.room_wanted.load(Ordering::Acquire)
+            && self.room_wanted.swap(0, Ordering::AcqRel) != 0
+        {
+            self.room.notify_one();
+        }
         if left <= self.server.config.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
             && self.sender_waiting.swap(false, Ordering::SeqCst)
         {
             self.server.bridge.push(Event::WakeSend(self.clone()));
         }
+    }
+
+    // ---- slow consumers (`slow.rs`) ----
+
+    pub fn progress_at(&self) -> u64 {
+        self.progress_at.load(Ordering::Acquire)
+    }
+
+    /// Whether `offer` would queue `size` more bytes now.
+    pub fn has_room(&self, size: usize) -> bool {
+        let queued = self.outbox_bytes.load(Ordering::Acquire);
+        queued == 0 || queued + size <= self.server.config.outbox_limit
+    }
+
+    /// Notify `room` once the outbox has drained far enough for `size` more bytes, and to
+    /// half the limit at least, so that a waiting fan-out resumes in bulk.
+    pub fn want_room(&self, size: usize) {
+        let limit = self.server.config.outbox_limit;
+        let below = limit.saturating_sub(size).min(limit / 2);
+        self.room_wanted.store(below + 1, Ordering::Release);
+    }
+
+    /// The wait for room is over: no wake-up wanted.
+    pub fn room_found(&self) {
+        self.room_wanted.store(0, Ordering::Release);
+    }
+
+    /// A parked send resumes from here on.
+    pub fn outbox_under_half(&self) -> bool {
+        self.outbox_bytes.load(Ordering::Acquire) <= self.server.config.outbox_limit / 2
+    }
+
+    /// Close a socket that made no progress: 1013, and its queued frames are discarded
+    /// (all but one already partly written, which must be finished) so that the close
+    /// frame is next on the wire.
+    pub fn close_slow(self: &Arc<Self>) {
+        if !self.end(SLOW_CODE, SLOW_REASON) {
+            return;
+        }
+        let freed = {
+            let mut outbox = self.outbox.lock();
+            let started = outbox.queue.front().is_some_and(|o| o.frame.is_started());
+            let keep = usize::from(started);
+            let mut freed = 0;
+            while outbox.queue.len() > keep {
+                freed += outbox.queue.pop_back().map_or(0, |o| o.size);
+            }
+            outbox.queue.push_back(Outgoing {
+                frame: OutFrame::close(SLOW_CODE, SLOW_REASON),
+                size: 0,
+            });
+            freed
+        };
+        if freed > 0 {
+            self.written(freed);
+        }
+        self.wake_io();
     }
 
     /// Ask the driver to send a close frame; the connection counts as ended from now on.
@@ -577,7 +658,7 @@ impl ConnShared {
     }
 }
 
-fn lost() -> CloseInfo {
+pub fn lost() -> CloseInfo {
     CloseInfo {
         code: 1006,
         reason: String::new(),

@@ -50,6 +50,8 @@ const BATCH_BYTES: usize = 1 << 20;
 pub trait LocalMembers: Send + Sync {
     /// Offer a message from another process to the local members `target` names.
     fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>);
+    /// Whether deliveries are this far behind that the reader should wait for them.
+    fn backlog_full(&self) -> bool;
     /// This process's answer to a query: `[count]`, or the member ids.
     fn answer(&self, query: Query, room: Option<&str>) -> Vec<u64>;
 }
@@ -564,7 +566,10 @@ impl Link {
                 tokio::select! {
                     reason = &mut publishing => return Err::<(), String>(reason),
                     message = stream.next() => match message {
-                        Some(message) => self.receive(&message),
+                        Some(message) => {
+                            self.receive(&message);
+                            self.keep_up().await;
+                        }
                         None => return Err("the subscription connection closed".to_owned()),
                     },
                     () = self.rooms_changed.notified() => {
@@ -785,6 +790,14 @@ impl Link {
                 self.enqueue(self.node_channel(envelope.origin_tag), reply.encode(), None);
             }
             Body::Reply { id, values } => self.collect(id, values),
+        }
+    }
+
+    /// Wait while the local fan-out is over its backlog limit (members waited for, see
+    /// `slow.rs`): Redis then holds what is published meanwhile, within its own limits.
+    async fn keep_up(&self) {
+        while self.local().is_some_and(|local| local.backlog_full()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

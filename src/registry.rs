@@ -2,14 +2,19 @@
 //!
 //! Members are connections, optionally in rooms. Everything a registry is asked to send —
 //! broadcasts and messages to one member — goes through one FIFO to a fan-out task on the
-//! IO threads, so deliveries keep the order they were asked in and the caller never waits.
-//! A broadcast is encoded once; each member gets a clone of the same bytes, offered to its
-//! outbox without waiting. A member whose outbox is full is closed with 1013 or skipped,
-//! by policy: a slow or dead member never delays the others. Connections leave every
-//! registry by themselves when they end.
+//! IO threads, so deliveries keep the order they were asked in. A broadcast is encoded
+//! once; each member gets a clone of the same bytes, offered to its outbox. A member whose
+//! outbox is full is, by policy: waited for ("wait", the default: the fan-out awaits room
+//! in that outbox, and the socket is closed with 1013 only once it has taken no byte for
+//! `slow_consumer_timeout`, see `slow.rs`), closed with 1013 at once ("close") or skipped
+//! ("drop"). Under "wait" a slower member slows this registry's deliveries, as an
+//! `await send_text` per member would, but no other registry's and no thread: the wait is
+//! an async one. The FIFO is bounded by the manager's backlog limit: publishers wait
+//! while it is over (`ConnectionManager._keep_up`, and the backend's reader). Connections
+//! leave every registry by themselves when they end.
 //!
 //! With a broadcast backend (`pubsub.rs`) every broadcast is also published once, and what
-//! other processes publish is offered to the local members by the same `deliver`.
+//! other processes publish goes through the same FIFO to the local members.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +32,7 @@ use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
 use crate::node;
 use crate::pubsub::{self, LocalMembers, Notice, QueryError};
+use crate::slow::{self, Waited};
 use crate::stats::{self, counter};
 use crate::websocket::{bytes_of, text_of, Connection};
 
@@ -35,6 +41,7 @@ const MAX_ROOM_NAME: usize = u16::MAX as usize;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumer {
+    Wait,
     Close,
     Drop,
 }
@@ -95,9 +102,17 @@ pub struct RegistryInner {
     members: Mutex<Members>,
     /// Bytes handed to the fan-out task and not yet offered to the members.
     backlog: AtomicUsize,
+    /// Publishers wait while `backlog` is over this.
+    backlog_limit: usize,
     policy: SlowConsumer,
     counters: Counters,
     backend: OnceLock<Arc<pubsub::Link>>,
+    queue: mpsc::UnboundedSender<Delivery>,
+    /// The fan-out task starts with the first delivery, not at construction: a registry
+    /// made at import time must not start IO threads in a process that forks workers.
+    fan_out: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    started: std::sync::Once,
+    this: Weak<RegistryInner>,
 }
 
 impl RegistryInner {
@@ -115,18 +130,86 @@ impl RegistryInner {
         }
     }
 
-    fn deliver(&self, delivery: Delivery) {
-        self.offer(
+    /// Hand a delivery to the fan-out task (started on first use).
+    fn enqueue(&self, frame: OutFrame, target: Target, exclude: Option<u64>) {
+        self.started.call_once(|| {
+            if let Some(deliveries) = self.fan_out.lock().take() {
+                crate::runtime::get().spawn(fan_out(self.this.clone(), deliveries));
+            }
+        });
+        let size = frame_size(&frame);
+        self.backlog.fetch_add(size, Ordering::AcqRel);
+        // The fan-out task lives as long as the registry.
+        let _ = self.queue.send(Delivery {
+            frame,
+            size,
+            target,
+            exclude,
+        });
+    }
+
+    async fn deliver(&self, delivery: Delivery) {
+        let waiting = self.offer(
             &delivery.frame,
             delivery.size,
             &delivery.target,
             delivery.exclude,
         );
+        if !waiting.is_empty() {
+            self.wait_for(waiting, &delivery.frame, delivery.size).await;
+        }
         self.backlog.fetch_sub(delivery.size, Ordering::AcqRel);
     }
 
-    /// Offer one frame to the members `target` names, by the slow-consumer policy.
-    fn offer(&self, frame: &OutFrame, size: usize, target: &Target, exclude: Option<u64>) {
+    /// Policy "wait": queue the frame to each member that was full, once it has room. The
+    /// members' clocks all start now, so that several stalled members together hold the
+    /// fan-out for one `slow_consumer_timeout`, not one each.
+    async fn wait_for(&self, waiting: Vec<Arc<ConnShared>>, frame: &OutFrame, size: usize) {
+        let since = slow::now_nanos();
+        let mut delivered = 0;
+        let mut closed = 0;
+        for conn in waiting {
+            loop {
+                match slow::wait_for_room(&conn, size, since).await {
+                    Waited::Room => {}
+                    Waited::Ended => break,
+                    Waited::Closed => {
+                        closed += 1;
+                        break;
+                    }
+                }
+                // Another writer may have filled it again in between: then wait again.
+                match conn.offer(frame.clone(), size) {
+                    Offer::Queued => {
+                        delivered += 1;
+                        break;
+                    }
+                    Offer::Full => {}
+                    Offer::Ended => break,
+                }
+            }
+        }
+        self.count(frame, delivered, 0, closed);
+    }
+
+    fn count(&self, frame: &OutFrame, delivered: u64, dropped: u64, closed: u64) {
+        stats::add(&counter::messages_sent, delivered);
+        stats::add(&counter::bytes_sent, delivered * frame.payload.len() as u64);
+        let counters = &self.counters;
+        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
+        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        counters.closed_slow.fetch_add(closed, Ordering::Relaxed);
+    }
+
+    /// Offer one frame to the members `target` names, by the slow-consumer policy; returns
+    /// the members to wait for (policy "wait").
+    fn offer(
+        &self,
+        frame: &OutFrame,
+        size: usize,
+        target: &Target,
+        exclude: Option<u64>,
+    ) -> Vec<Arc<ConnShared>> {
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
         let mut dropped = 0;
@@ -141,7 +224,7 @@ impl RegistryInner {
                     Offer::Ended => {}
                     Offer::Full => match self.policy {
                         SlowConsumer::Drop => dropped += 1,
-                        SlowConsumer::Close => slow.push(conn.clone()),
+                        SlowConsumer::Close | SlowConsumer::Wait => slow.push(conn.clone()),
                     },
                 }
             };
@@ -161,24 +244,26 @@ impl RegistryInner {
                 }
             }
         }
-        stats::add(&counter::messages_sent, delivered);
-        stats::add(&counter::bytes_sent, delivered * frame.payload.len() as u64);
-        let counters = &self.counters;
-        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
-        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        counters
-            .closed_slow
-            .fetch_add(slow.len() as u64, Ordering::Relaxed);
+        if self.policy == SlowConsumer::Wait {
+            self.count(frame, delivered, dropped, 0);
+            return slow;
+        }
+        self.count(frame, delivered, dropped, slow.len() as u64);
         // Closing takes the members lock (the connection leaves): outside the lock above.
         for conn in slow {
             conn.close(1013, "slow consumer: outbox full");
         }
+        Vec::new()
     }
 }
 
 impl LocalMembers for RegistryInner {
     fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>) {
-        self.offer(&frame, frame_size(&frame), target, exclude);
+        self.enqueue(frame, target.clone(), exclude);
+    }
+
+    fn backlog_full(&self) -> bool {
+        self.backlog.load(Ordering::Acquire) > self.backlog_limit
     }
 
     fn answer(&self, query: Query, room: Option<&str>) -> Vec<u64> {
@@ -203,10 +288,10 @@ async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiv
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        registry.deliver(delivery);
+        registry.deliver(delivery).await;
         // Deliver whatever else is already queued before yielding to other tasks.
         while let Ok(delivery) = queue.try_recv() {
-            registry.deliver(delivery);
+            registry.deliver(delivery).await;
         }
     }
 }
@@ -214,11 +299,6 @@ async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiv
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Registry {
     inner: Arc<RegistryInner>,
-    queue: mpsc::UnboundedSender<Delivery>,
-    /// The fan-out task starts with the first delivery, not at construction: a registry
-    /// made at import time must not start IO threads in a process that forks workers.
-    fan_out: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
-    started: std::sync::Once,
 }
 
 impl Registry {
@@ -260,20 +340,7 @@ impl Registry {
                 .broadcasts
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.started.call_once(|| {
-            if let Some(deliveries) = self.fan_out.lock().take() {
-                crate::runtime::get().spawn(fan_out(self.weak(), deliveries));
-            }
-        });
-        let size = frame_size(&frame);
-        self.inner.backlog.fetch_add(size, Ordering::AcqRel);
-        // The fan-out task lives as long as the registry.
-        let _ = self.queue.send(Delivery {
-            frame,
-            size,
-            target,
-            exclude,
-        });
+        self.inner.enqueue(frame, target, exclude);
     }
 
     /// Send to one member, here or (with a backend) on the process its id names. True
@@ -310,31 +377,32 @@ impl Registry {
 #[pymethods]
 impl Registry {
     #[new]
-    #[pyo3(signature = (*, slow_consumer="close"))]
-    fn new(slow_consumer: &str) -> PyResult<Self> {
+    #[pyo3(signature = (*, slow_consumer, backlog_limit))]
+    fn new(slow_consumer: &str, backlog_limit: usize) -> PyResult<Self> {
         let policy = match slow_consumer {
+            "wait" => SlowConsumer::Wait,
             "close" => SlowConsumer::Close,
             "drop" => SlowConsumer::Drop,
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "slow_consumer must be \"close\" or \"drop\", not {other:?}"
+                    "slow_consumer must be \"wait\", \"close\" or \"drop\", not {other:?}"
                 )))
             }
         };
-        let inner = Arc::new(RegistryInner {
+        let (queue, deliveries) = mpsc::unbounded_channel();
+        let inner = Arc::new_cyclic(|this| RegistryInner {
             members: Mutex::new(Members::default()),
             backlog: AtomicUsize::new(0),
+            backlog_limit,
             policy,
             counters: Counters::default(),
             backend: OnceLock::new(),
-        });
-        let (queue, deliveries) = mpsc::unbounded_channel();
-        Ok(Self {
-            inner,
             queue,
             fan_out: Mutex::new(Some(deliveries)),
             started: std::sync::Once::new(),
-        })
+            this: this.clone(),
+        });
+        Ok(Self { inner })
     }
 
     fn add(&self, conn: &Connection) -> bool {

@@ -107,7 +107,7 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host, port, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout,
+        close_timeout, slow_consumer_timeout,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -129,6 +129,7 @@ impl Server {
         http_max_body: usize,
         io_threads: Option<usize>,
         close_timeout: f64,
+        slow_consumer_timeout: f64,
     ) -> PyResult<Self> {
         let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
         let config = ServerConfig {
@@ -145,6 +146,7 @@ impl Server {
             inbox_limit: inbox_limit.max(1),
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
+            slow_consumer_timeout: Duration::from_secs_f64(slow_consumer_timeout.max(0.01)),
         };
         let poller = Poller::new(Limits {
             max_size: config.ws_max_size,

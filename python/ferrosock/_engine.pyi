@@ -40,6 +40,7 @@ class Server:
         http_max_body: int,
         io_threads: int | None,
         close_timeout: float,
+        slow_consumer_timeout: float,
     ) -> Server:
         """``routes``: ``(path template, kind, HTTP methods, route id)``; templates use
         ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
@@ -154,7 +155,9 @@ class HttpRequest:
 
 @final
 class Registry:
-    def __new__(cls, *, slow_consumer: Literal["close", "drop"] = "close") -> Registry: ...
+    def __new__(
+        cls, *, slow_consumer: Literal["wait", "close", "drop"], backlog_limit: int
+    ) -> Registry: ...
     def add(self, conn: Connection) -> bool: ...
     def remove(self, conn: Connection) -> None: ...
     def join(self, conn: Connection, room: str) -> bool: ...

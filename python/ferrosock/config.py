@@ -40,7 +40,7 @@ class Config:
     )
     outbox_limit: int = field(
         default=MIB,
-        metadata={"help": "bytes queued per socket before sends wait / broadcasts skip it"},
+        metadata={"help": "bytes queued per socket before sends and broadcasts wait for it"},
     )
     inbox_limit: int = field(
         default=256 * 1024,
@@ -53,6 +53,13 @@ class Config:
     )
     close_timeout: float = field(
         default=5.0, metadata={"help": "seconds a closing handshake may take"}
+    )
+    slow_consumer_timeout: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a socket over outbox_limit may go without taking a byte before "
+            "it is closed with 1013 (sends and broadcasts wait for it until then)"
+        },
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
     metrics_path: str | None = field(
@@ -164,6 +171,7 @@ class Config:
             "http_max_body": self.http_max_body,
             "io_threads": self.io_threads or _available_cpus(),
             "close_timeout": self.close_timeout,
+            "slow_consumer_timeout": self.slow_consumer_timeout,
         }
 
     def replace(self, **changes: Any) -> Config:

@@ -2,9 +2,12 @@
 
 Same methods as the docs' class (``connect``, ``disconnect``, ``send_personal_message``,
 ``broadcast``), plus rooms, ``send_to`` and counters. A broadcast hands one message to the
-engine and returns; the engine offers it to every member's outbox on its IO threads, so a
-slow or dead client never delays the others. Everything one manager sends is delivered in
-the order it was asked. Sockets that end leave the manager by themselves.
+engine and returns; the engine offers it to every member's outbox on its IO threads.
+A member whose outbox is full is waited for, as the docs' ``await send_text`` per member
+waits, until it has made no progress for ``slow_consumer_timeout`` (then it is closed with
+1013); publishers wait once the manager's backlog is full, so memory stays bounded.
+Everything one manager sends is delivered in the order it was asked. Sockets that end
+leave the manager by themselves.
 
 With a broadcast backend (``backend="redis://..."`` or the server's ``broadcast_backend``
 setting) the same calls reach members on every process and host: each broadcast is
@@ -74,14 +77,19 @@ class ConnectionManager:
     def __init__(
         self,
         *,
-        slow_consumer: Literal["close", "drop"] = "close",
+        slow_consumer: Literal["wait", "close", "drop"] = "wait",
         backlog_limit: int = 8 << 20,
         backend: str | None = None,
         name: str = "default",
     ) -> None:
-        """``slow_consumer``: what a broadcast does to a member whose outbox is full —
-        ``"close"`` it with 1013 (the client can reconnect and resync) or ``"drop"`` the
-        message for that member (counted in ``stats()["dropped"]``).
+        """``slow_consumer``: what a broadcast does to a member whose outbox is full
+        (over the server's ``outbox_limit``) — ``"wait"`` for it to drain, so that a
+        slower reader still gets every message in order, and close it with 1013 only
+        once it has taken no byte for the server's ``slow_consumer_timeout``; ``"close"``
+        it with 1013 at once (the client can reconnect and resync); or ``"drop"`` the
+        message for that member (counted in ``stats()["dropped"]``). While the fan-out
+        waits for a member, this manager's later messages wait behind it (other managers
+        and sockets do not).
 
         ``backlog_limit``: bytes handed over for fan-out but not yet offered to members.
         A publisher that gets this far ahead of the fan-out waits in ``broadcast`` until
@@ -98,7 +106,7 @@ class ConnectionManager:
             _engine.Registry.backend_address(backend)
         if not name or ":" in name:
             raise ValueError(f"a manager's name must be non-empty and without ':', not {name!r}")
-        self._registry = _engine.Registry(slow_consumer=slow_consumer)
+        self._registry = _engine.Registry(slow_consumer=slow_consumer, backlog_limit=backlog_limit)
         self._backlog_limit = backlog_limit
         self._sockets: weakref.WeakValueDictionary[int, WebSocket] = weakref.WeakValueDictionary()
         self.name = name
