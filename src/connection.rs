@@ -504,7 +504,7 @@ impl ConnShared {
         if left < self.room_wanted.load(Ordering::Acquire)
             && self.room_wanted.swap(0, Ordering::AcqRel) != 0
         {
-            self.room.notify_one();
+            self.room.notify_waiters();
         }
         if left <= self.server.config.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
@@ -527,16 +527,12 @@ impl ConnShared {
     }
 
     /// Notify `room` once the outbox has drained far enough for `size` more bytes, and to
-    /// half the limit at least, so that a waiting fan-out resumes in bulk.
+    /// half the limit at least, so that a waiting fan-out resumes in bulk. With several
+    /// waiters the first to be satisfied wakes all; the others ask again.
     pub fn want_room(&self, size: usize) {
         let limit = self.server.config.outbox_limit;
         let below = limit.saturating_sub(size).min(limit / 2);
-        self.room_wanted.store(below + 1, Ordering::Release);
-    }
-
-    /// The wait for room is over: no wake-up wanted.
-    pub fn room_found(&self) {
-        self.room_wanted.store(0, Ordering::Release);
+        self.room_wanted.fetch_max(below + 1, Ordering::AcqRel);
     }
 
     /// A parked send resumes from here on.
@@ -544,11 +540,16 @@ impl ConnShared {
         self.outbox_bytes.load(Ordering::Acquire) <= self.server.config.outbox_limit / 2
     }
 
-    /// Close a socket that made no progress: 1013, and its queued frames are discarded
-    /// (all but one already partly written, which must be finished) so that the close
-    /// frame is next on the wire.
+    /// Close a socket that made no progress with 1013 (`close_now`).
     pub fn close_slow(self: &Arc<Self>) {
-        if !self.end(SLOW_CODE, SLOW_REASON) {
+        self.close_now(SLOW_CODE, SLOW_REASON);
+    }
+
+    /// Close without first writing what is queued: the queued frames are discarded (all
+    /// but one already partly written, which must be finished) so that the close frame is
+    /// next on the wire. For a socket that is not reading, and at shutdown.
+    pub fn close_now(self: &Arc<Self>, code: u16, reason: &str) {
+        if !self.end(code, reason) {
             return;
         }
         let freed = {
@@ -560,7 +561,7 @@ impl ConnShared {
                 freed += outbox.queue.pop_back().map_or(0, |o| o.size);
             }
             outbox.queue.push_back(Outgoing {
-                frame: OutFrame::close(SLOW_CODE, SLOW_REASON),
+                frame: OutFrame::close(code, reason),
                 size: 0,
             });
             freed

@@ -252,8 +252,10 @@ impl Server {
     fn shutdown(&self, code: u16, reason: &str) {
         self.state.shutdown.cancel();
         let live: Vec<Arc<ConnShared>> = self.state.live.lock().values().cloned().collect();
+        // What is still queued would hold the close back, behind a reader that may be
+        // slow or gone; the sockets are dropped once the handlers are done anyway.
         for conn in live {
-            conn.close(code, reason);
+            conn.close_now(code, reason);
         }
     }
 

@@ -62,21 +62,22 @@ pub async fn wait_for_room(conn: &Arc<ConnShared>, size: usize, since: u64) -> W
         if conn.is_closing() {
             return Waited::Ended;
         }
-        // Ask for the wake-up before looking, so that a drain in between is not missed
-        // (`Notify` keeps the permit).
+        // Listen before looking, so that a drain in between is not missed. Every waiter
+        // is woken (several registries may wait for the same socket).
+        let drained = conn.room.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
         conn.want_room(size);
         if conn.has_room(size) {
-            conn.room_found();
             return Waited::Room;
         }
         let at = deadline(conn, since);
         if Instant::now() >= at {
-            conn.room_found();
             conn.close_slow();
             return Waited::Closed;
         }
         tokio::select! {
-            () = conn.room.notified() => {}
+            () = drained => {}
             () = tokio::time::sleep_until(at.into()) => {}
         }
     }
