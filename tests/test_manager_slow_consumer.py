@@ -254,6 +254,17 @@ SLOW_TIMEOUT = 2.0
 # Time past SLOW_TIMEOUT for the stalled member's outbox to fill and the close to be seen,
 # on a loaded machine.
 CLOSE_SLACK = 4.0
+BACKLOG_LIMIT = 8 << 20  # ConnectionManager's default
+
+
+async def sample_backlog(port: int, group: str, samples: list[int], stop: asyncio.Event) -> None:
+    """The manager's backlog (bytes waiting for its fan-out), every 20 ms until ``stop``."""
+    while not stop.is_set():
+        samples.append((await http_get(port, f"/state/{group}")).json()["stats"]["backlog"])
+        try:
+            await asyncio.wait_for(stop.wait(), 0.02)
+        except TimeoutError:
+            pass
 
 
 async def read_sequence(websocket, count: int) -> list[int]:
@@ -287,6 +298,9 @@ async def test_slower_readers_get_every_message_and_a_stalled_one_is_closed(star
         assert (await recv(reader)).startswith("joined ")
     stalled, stalled_id = await open_stalled_member(server.port, f"/sub/{group}")
     loop = asyncio.get_running_loop()
+    backlog: list[int] = []
+    sampled = asyncio.Event()
+    sampler = asyncio.ensure_future(sample_backlog(server.port, group, backlog, sampled))
     async with connect(server.ws_url(f"/pub/{group}"), open_timeout=IO_TIMEOUT) as publisher:
         started = loop.time()
         command = {"op": "burst", "start": 0, "count": BURST_MESSAGES, "size": BURST_SIZE}
@@ -302,6 +316,11 @@ async def test_slower_readers_get_every_message_and_a_stalled_one_is_closed(star
         for numbers in await asyncio.gather(*received):
             assert numbers == list(range(BURST_MESSAGES))
         assert await recv(publisher) == f"sent {BURST_MESSAGES}"
+    sampled.set()
+    await sampler
+    # While the fan-out waited for the stalled member the publisher got ahead (the burst
+    # is nearly twice the backlog limit), and then it waited too: the queue stayed bounded.
+    assert BACKLOG_LIMIT // 2 <= max(backlog) <= BACKLOG_LIMIT + BURST_SIZE, max(backlog)
 
     stats = (await http_get(server.port, f"/state/{group}")).json()["stats"]
     assert stats["closed_slow"] == 1
