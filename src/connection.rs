@@ -632,6 +632,8 @@ impl ConnShared {
         if wake_sender {
             self.server.bridge.push(Event::WakeSend(self.clone()));
         }
+        // A fan-out waiting for room in this outbox stops waiting.
+        self.room.notify_waiters();
         self.server.bridge.log(
             LOG_DEBUG,
             format!("connection {} ended with {code} {reason}", self.id),

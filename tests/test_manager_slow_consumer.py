@@ -340,3 +340,60 @@ async def test_slower_readers_get_every_message_and_a_stalled_one_is_closed(star
     )
     for reader in readers:
         await reader.close()
+
+
+async def test_a_waiting_fanout_holds_only_its_manager_and_ends_when_the_member_does(
+    start_server,
+):
+    """With a long timeout, one manager's fan-out waits for a member that stopped reading:
+    another manager's broadcasts still arrive at once, and when the stalled member goes
+    away the waiting fan-out goes on at once, not at the timeout."""
+    long_timeout = 60.0
+    held, free = "wait-held", "wait-free"
+    server = start_server(
+        "apps.manager_apps:app",
+        "--slow-consumer-timeout",
+        str(long_timeout),
+        "--ws-ping-interval",
+        "0",
+        "--no-access-log",
+    )
+    reader = await connect(server.ws_url(f"/sub/{held}"), open_timeout=IO_TIMEOUT)
+    other = await connect(server.ws_url(f"/sub/{free}"), open_timeout=IO_TIMEOUT)
+    for client in (reader, other):
+        assert (await recv(client)).startswith("joined ")
+    stalled, stalled_id = await open_stalled_member(server.port, f"/sub/{held}")
+    loop = asyncio.get_running_loop()
+    count = 1000  # 8 MB: more than the stalled member's socket buffers and outbox hold
+    async with (
+        connect(server.ws_url(f"/pub/{held}"), open_timeout=IO_TIMEOUT) as held_publisher,
+        connect(server.ws_url(f"/pub/{free}"), open_timeout=IO_TIMEOUT) as free_publisher,
+    ):
+        command = {"op": "burst", "start": 0, "count": count, "size": BURST_SIZE}
+        await held_publisher.send(json.dumps(command))
+        # The reader gets what came before the stalled member filled up, then nothing.
+        numbers = []
+        while True:
+            try:
+                message = await asyncio.wait_for(reader.recv(), 1.0)
+            except TimeoutError:
+                break
+            numbers.append(int(message[:8]))
+        assert 0 < len(numbers) < count
+
+        started = loop.time()
+        for index in range(10):
+            await free_publisher.send(json.dumps({"op": "broadcast", "text": f"free {index}"}))
+        assert [await recv(other) for _ in range(10)] == [f"free {i}" for i in range(10)]
+        assert loop.time() - started < IO_TIMEOUT
+
+        started = loop.time()
+        stalled.writer.transport.abort()
+        numbers += await read_sequence(reader, count - len(numbers))
+        assert numbers == list(range(count))
+        assert loop.time() - started < long_timeout / 4
+        assert await recv(held_publisher) == f"sent {count}"
+    seen = await outcome(server.port, f"{held}:{stalled_id}")
+    assert seen["code"] == 1006, seen
+    for client in (reader, other):
+        await client.close()
