@@ -1,6 +1,7 @@
-"""SIGTERM with a thousand sockets open: every socket that reads gets 1001, handlers get
+"""SIGTERM with a thousand sockets open: every socket gets 1001, handlers get
 ``graceful_shutdown_timeout`` and are then cancelled, and the process exits within that
-timeout plus a second, even when clients never answer the close or never read at all."""
+timeout plus a second, even when clients never answer the close, had stopped reading, or
+run handlers that ignore being cancelled."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from websockets.asyncio.client import connect
 GRACE = 3.0
 ECHO_CLIENTS = 970  # websockets clients: they answer the close
 SILENT_CLIENTS = 20  # read the close but never answer it
-STALLED_CLIENTS = 5  # never read: the server's writes to them are blocked
+STALLED_CLIENTS = 5  # stopped reading (the server's writes to them blocked) until SIGTERM
 LINGERING_CLIENTS = 4  # their handlers ignore the end and must be cancelled
 STUBBORN_CLIENTS = 1  # its handler ignores being cancelled too: it is left behind
 CONNECT_BATCH = 100
@@ -57,13 +58,15 @@ async def test_sigterm_with_1000_clients_sends_1001_and_exits_in_time(start_serv
     signalled = time.monotonic()
     server.send_signal(signal.SIGTERM)
     exit_status = asyncio.ensure_future(asyncio.to_thread(server.wait, GRACE + 1.0 + IO_TIMEOUT))
+    for raw in stalled:
+        raw.writer.transport.resume_reading()
     codes = await asyncio.gather(*(close_code_after_recv(c) for c in echo + lingering))
-    silent_codes = [(await raw.close_frame()).close_code for raw in silent]
+    raw_codes = [(await raw.close_frame()).close_code for raw in silent + stalled]
     assert await exit_status == 0
     exited_after = time.monotonic() - signalled
 
     assert codes == [1001] * (ECHO_CLIENTS + LINGERING_CLIENTS + STUBBORN_CLIENTS)
-    assert silent_codes == [1001] * SILENT_CLIENTS
+    assert raw_codes == [1001] * (SILENT_CLIENTS + STALLED_CLIENTS)
     # The lingering handlers held the process for the grace period, then were cancelled.
     assert GRACE <= exited_after <= GRACE + 1.0, exited_after
     output = server.output()

@@ -116,7 +116,7 @@ def main_process(app: Any, config: Config) -> None:
 STABLE_LIFETIME = 10.0
 RESTART_DELAY_FIRST = 0.1
 RESTART_DELAY_MAX = 10.0
-# Workers get graceful_shutdown_timeout for their handlers, then half a second to cancel
+# Workers get graceful_shutdown_timeout for their handlers, then 0.4 s to cancel
 # them, then the app's shutdown events; this margin covers the last two before SIGKILL.
 SHUTDOWN_MARGIN = 5.0
 # Signals the supervisor acts on; they are blocked around fork so that a worker never runs

@@ -36,7 +36,7 @@ ContextFor = Callable[[tuple[str, int]], contextvars.Context | None]
 logger = logging.getLogger("ferrosock.error")
 # At shutdown, after graceful_shutdown_timeout: how long cancelled handlers get to end, so
 # that the whole shutdown stays within that timeout plus a second.
-CANCEL_WAIT = 0.5
+CANCEL_WAIT = 0.4
 access_logger = logging.getLogger("ferrosock.access")
 
 
