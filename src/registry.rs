@@ -10,14 +10,15 @@
 //! ("drop"). Under "wait" a slower member slows this registry's deliveries, as an
 //! `await send_text` per member would, but no other registry's and no thread: the wait is
 //! an async one. The FIFO is bounded by the manager's backlog limit: publishers wait
-//! while it is over (`ConnectionManager._keep_up`, and the backend's reader). Connections
+//! while it is over (`ConnectionManager._keep_up`, woken through an eventfd when the
+//! fan-out is half caught up, and the backend's reader). Connections
 //! leave every registry by themselves when they end.
 //!
 //! With a broadcast backend (`pubsub.rs`) every broadcast is also published once, and what
 //! other processes publish goes through the same FIFO to the local members.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
 
+use crate::bridge::Bridge;
 use crate::connection::{frame_size, ConnShared, Offer};
 use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
@@ -104,6 +106,10 @@ pub struct RegistryInner {
     backlog: AtomicUsize,
     /// Publishers wait while `backlog` is over this.
     backlog_limit: usize,
+    /// Publishers wait for the fan-out to be half caught up: told through this eventfd
+    /// (made on first use, so that forked workers never share it).
+    caught_up: OnceLock<Bridge<()>>,
+    publishers_waiting: AtomicBool,
     policy: SlowConsumer,
     counters: Counters,
     backend: OnceLock<Arc<pubsub::Link>>,
@@ -158,7 +164,16 @@ impl RegistryInner {
         if !waiting.is_empty() {
             self.wait_for(waiting, &delivery.frame, delivery.size).await;
         }
-        self.backlog.fetch_sub(delivery.size, Ordering::AcqRel);
+        // SeqCst with the flag: `await_backlog` stores the flag, then reads the backlog.
+        let left = self.backlog.fetch_sub(delivery.size, Ordering::SeqCst) - delivery.size;
+        if left <= self.backlog_limit / 2
+            && self.publishers_waiting.load(Ordering::SeqCst)
+            && self.publishers_waiting.swap(false, Ordering::SeqCst)
+        {
+            if let Some(caught_up) = self.caught_up.get() {
+                caught_up.push(());
+            }
+        }
     }
 
     /// Policy "wait": queue the frame to each member that was full, once it has room. The
@@ -394,6 +409,8 @@ impl Registry {
             members: Mutex::new(Members::default()),
             backlog: AtomicUsize::new(0),
             backlog_limit,
+            caught_up: OnceLock::new(),
+            publishers_waiting: AtomicBool::new(false),
             policy,
             counters: Counters::default(),
             backend: OnceLock::new(),
@@ -618,6 +635,30 @@ impl Registry {
     /// while this is over its limit, so the queue stays bounded.
     fn backlog(&self) -> usize {
         self.inner.backlog.load(Ordering::Acquire)
+    }
+
+    /// The eventfd that becomes readable when the fan-out is half caught up after
+    /// `await_backlog` asked for it (`backlog_drain` resets it).
+    fn backlog_fd(&self) -> PyResult<i32> {
+        if let Some(caught_up) = self.inner.caught_up.get() {
+            return Ok(caught_up.fd());
+        }
+        let bridge = Bridge::new()?;
+        Ok(self.inner.caught_up.get_or_init(|| bridge).fd())
+    }
+
+    /// A publisher is about to wait: true if the backlog is still over half the limit,
+    /// and then `backlog_fd` is signalled once it is not.
+    fn await_backlog(&self) -> bool {
+        let inner = &self.inner;
+        inner.publishers_waiting.store(true, Ordering::SeqCst);
+        inner.backlog.load(Ordering::SeqCst) > inner.backlog_limit / 2
+    }
+
+    fn backlog_drain(&self) {
+        if let Some(caught_up) = self.inner.caught_up.get() {
+            caught_up.take(&mut Vec::new());
+        }
     }
 
     fn __len__(&self) -> usize {

@@ -112,6 +112,7 @@ class ConnectionManager:
         self.name = name
         self._backend_url = backend
         self._backend = _Backend(self)
+        self._catch_up = _CatchUp(self._registry)
         _live_managers.add(self)
 
     # ---- the docs' methods ----
@@ -177,12 +178,11 @@ class ConnectionManager:
         return sent
 
     async def _keep_up(self) -> None:
-        """Backpressure on publishers: past the backlog limit, wait (polling, 1 ms) until
-        the fan-out has caught up to half of it. The usual case is one integer read."""
+        """Backpressure on publishers: past the backlog limit, wait until the fan-out has
+        caught up to half of it. The usual case is one integer read."""
         if self._registry.backlog() <= self._backlog_limit:
             return
-        while self._registry.backlog() > self._backlog_limit // 2:
-            await asyncio.sleep(0.001)
+        await self._catch_up.wait()
 
     def _send_to(self, connection_id: int, message: str | bytes) -> bool:
         if isinstance(message, str):
@@ -273,6 +273,7 @@ def stop_backends(loop: asyncio.AbstractEventLoop) -> None:
     """At server shutdown: stop watching the backends' notices on this loop."""
     for manager in list(_live_managers):
         manager._backend.detach(loop)
+        manager._catch_up.detach(loop)
 
 
 def live_managers() -> list[ConnectionManager]:
@@ -296,6 +297,41 @@ def _defaults() -> BackendSettings:
 _claimed_names: weakref.WeakValueDictionary[tuple[str, str, str], ConnectionManager] = (
     weakref.WeakValueDictionary()
 )
+
+
+class _CatchUp:
+    """Publishers waiting for a manager's fan-out to be half caught up: they share one
+    future, resolved when the registry's eventfd says so (watched on the running loop)."""
+
+    def __init__(self, registry: _engine.Registry) -> None:
+        self._registry = registry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self.detach(self._loop)
+            loop.add_reader(self._registry.backlog_fd(), self._caught_up)
+            self._loop = loop
+        while self._registry.await_backlog():
+            if self._future is None or self._future.done():
+                self._future = loop.create_future()
+            # Shielded: one publisher cancelled must not cancel the others' wait.
+            await asyncio.shield(self._future)
+
+    def _caught_up(self) -> None:
+        self._registry.backlog_drain()
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is loop:
+            if not loop.is_closed():
+                loop.remove_reader(self._registry.backlog_fd())
+            self._loop = None
+            self._future = None
 
 
 class _Backend:
