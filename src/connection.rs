@@ -18,12 +18,37 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::bridge::{Event, LOG_DEBUG};
+use crate::bridge::LOG_DEBUG;
 use crate::frame::{OutFrame, Text};
-use crate::registry::RegistryInner;
-use crate::server::ServerState;
 use crate::socket::Socket;
 use crate::stats::{self, counter};
+
+/// What a connection needs of the server it belongs to. The server implements it; the
+/// connection knows nothing else of it.
+pub trait Owner: Send + Sync {
+    /// A receive (or, with `send`, a send) parked on `conn` may finish: have its future
+    /// resolved on the loop thread. Called from any thread.
+    fn wake(&self, conn: Arc<ConnShared>, send: bool);
+    /// A line for Python's `logging` (level as in `logging`).
+    fn log(&self, level: i32, message: String);
+    /// The connection ended: it is no longer one of the server's.
+    fn forget(&self, id: u64);
+}
+
+/// Something a connection belongs to and leaves when it ends (a registry).
+pub trait Membership: Send + Sync {
+    fn forget(&self, id: u64);
+}
+
+/// The byte limits of a connection's queues.
+#[derive(Clone, Copy, Debug)]
+pub struct Buffers {
+    /// Bytes the inbox holds before the driver stops reading (one larger message is taken
+    /// alone).
+    pub inbox_limit: usize,
+    /// Bytes the outbox holds before sends park and broadcasts apply their policy.
+    pub outbox_limit: usize,
+}
 
 pub enum Incoming {
     Text(Text),
@@ -78,45 +103,6 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
-/// Request data of the handshake, handed to Python once, when the handler starts.
-pub struct Handshake {
-    pub route_id: usize,
-    pub path: String,
-    pub query_string: String,
-    pub scheme: &'static str,
-    pub headers: Vec<(String, String)>,
-    pub client: (String, u16),
-    pub server: (String, u16),
-    pub path_params: Vec<(String, String)>,
-    pub subprotocols: Vec<String>,
-    pub decision: tokio::sync::oneshot::Sender<Decision>,
-}
-
-/// The handler's answer to a handshake.
-pub enum Decision {
-    Accept {
-        subprotocol: Option<String>,
-        headers: Vec<(String, String)>,
-    },
-    /// An HTTP response instead of the upgrade: a refusal (`body: None`, the status's
-    /// reason phrase as text) or the app's own denial response.
-    Respond {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Option<Bytes>,
-    },
-}
-
-impl Decision {
-    pub fn refuse(status: u16) -> Self {
-        Decision::Respond {
-            status,
-            headers: Vec::new(),
-            body: None,
-        }
-    }
-}
-
 pub enum Received {
     Message(Incoming),
     Ended(CloseInfo),
@@ -155,7 +141,8 @@ pub struct Waiters {
 
 pub struct ConnShared {
     pub id: u64,
-    pub server: Arc<ServerState>,
+    owner: Arc<dyn Owner>,
+    pub buffers: Buffers,
     inbox: Mutex<Inbox>,
     outbox: Mutex<Outbox>,
     outbox_bytes: AtomicUsize,
@@ -183,14 +170,15 @@ pub struct ConnShared {
     pub latency_us: AtomicU64,
     /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
     pub last_pong_at: AtomicU64,
-    memberships: Mutex<Vec<Weak<RegistryInner>>>,
+    memberships: Mutex<Vec<Weak<dyn Membership>>>,
 }
 
 impl ConnShared {
-    pub fn new(server: Arc<ServerState>) -> Arc<Self> {
+    pub fn new(id: u64, owner: Arc<dyn Owner>, buffers: Buffers) -> Arc<Self> {
         Arc::new(Self {
-            id: crate::node::next_id(),
-            server,
+            id,
+            owner,
+            buffers,
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
                 bytes: 0,
@@ -243,7 +231,7 @@ impl ConnShared {
     // ---- inbox: the driver → Python ----
 
     pub fn inbox_is_full(&self) -> bool {
-        self.inbox.lock().bytes >= self.server.config.inbox_limit
+        self.inbox.lock().bytes >= self.buffers.inbox_limit
     }
 
     /// Called by the driver for each data message; returns whether a receive is parked
@@ -263,7 +251,7 @@ impl ConnShared {
         if let Some(message) = inbox.queue.pop_front() {
             // Wake a reader waiting on a full inbox only once it is half empty, so that it
             // refills in bulk: one cross-thread wake-up per half inbox, not per message.
-            let low_water = self.server.config.inbox_limit / 2;
+            let low_water = self.buffers.inbox_limit / 2;
             let before = inbox.bytes;
             inbox.bytes -= message.size();
             let reader_may_refill = before > low_water && inbox.bytes <= low_water;
@@ -343,7 +331,11 @@ impl ConnShared {
             match self.write_queued(false) {
                 Ok(Written { more: false, .. }) => return,
                 // Partly written: once more, so that a full socket is seen as full.
-                Ok(Written { more: true, wrote: true, .. }) => {}
+                Ok(Written {
+                    more: true,
+                    wrote: true,
+                    ..
+                }) => {}
                 Ok(_) => break,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => break,
@@ -364,7 +356,7 @@ impl ConnShared {
         if self.is_closing() {
             return Offer::Ended;
         }
-        let limit = self.server.config.outbox_limit;
+        let limit = self.buffers.outbox_limit;
         let queued = self.outbox_bytes.load(Ordering::Acquire);
         if queued + size > limit && queued > 0 {
             return Offer::Full;
@@ -456,6 +448,11 @@ impl ConnShared {
         self.outbox.lock().socket = socket;
     }
 
+    /// A line for Python's `logging`, through the connection's server.
+    pub fn log(&self, level: i32, message: String) {
+        self.owner.log(level, message);
+    }
+
     fn wake_io(&self) {
         if let Some(waker) = self.io_waker.get() {
             waker.wake_by_ref();
@@ -463,7 +460,7 @@ impl ConnShared {
     }
 
     pub fn outbox_over_limit(&self) -> bool {
-        self.outbox_bytes.load(Ordering::Acquire) > self.server.config.outbox_limit
+        self.outbox_bytes.load(Ordering::Acquire) > self.buffers.outbox_limit
     }
 
     /// Called by Python before parking a send: is there room now? If not, ask for a wake-up.
@@ -482,11 +479,11 @@ impl ConnShared {
     /// Called by a writer after bytes left for the socket.
     pub fn written(self: &Arc<Self>, size: usize) {
         let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
-        if left <= self.server.config.outbox_limit / 2
+        if left <= self.buffers.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
             && self.sender_waiting.swap(false, Ordering::SeqCst)
         {
-            self.server.bridge.push(Event::WakeSend(self.clone()));
+            self.owner.wake(self.clone(), true);
         }
     }
 
@@ -532,7 +529,7 @@ impl ConnShared {
                 registry.forget(self.id);
             }
         }
-        self.server.forget(self.id);
+        self.owner.forget(self.id);
         let (wake_receiver, wake_sender) = {
             let mut inbox = self.inbox.lock();
             inbox.ended = true;
@@ -545,12 +542,12 @@ impl ConnShared {
         stats::bump(&counter::connections_closed);
         stats::record_close(code);
         if wake_receiver {
-            self.server.bridge.push(Event::WakeReceive(self.clone()));
+            self.owner.wake(self.clone(), false);
         }
         if wake_sender {
-            self.server.bridge.push(Event::WakeSend(self.clone()));
+            self.owner.wake(self.clone(), true);
         }
-        self.server.bridge.log(
+        self.owner.log(
             LOG_DEBUG,
             format!("connection {} ended with {code} {reason}", self.id),
         );
@@ -561,7 +558,7 @@ impl ConnShared {
 
     /// Remember a registry this connection belongs to, so that `end` can leave it.
     /// Returns false if the connection has already ended.
-    pub fn joined(&self, registry: Weak<RegistryInner>) -> bool {
+    pub fn joined(&self, registry: Weak<dyn Membership>) -> bool {
         let mut memberships = self.memberships.lock();
         if self.is_closing() {
             return false;
@@ -572,7 +569,7 @@ impl ConnShared {
         true
     }
 
-    pub fn left(&self, registry: &Weak<RegistryInner>) {
+    pub fn left(&self, registry: &Weak<dyn Membership>) {
         self.memberships.lock().retain(|r| !r.ptr_eq(registry));
     }
 }
