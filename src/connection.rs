@@ -13,18 +13,61 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::bridge::{Event, LOG_DEBUG};
+use crate::bridge::LOG_DEBUG;
 use crate::frame::{OutFrame, Text};
-use crate::registry::RegistryInner;
-use crate::server::ServerState;
-use crate::slow::{self, SLOW_CODE, SLOW_REASON};
 use crate::socket::Socket;
 use crate::stats::{self, counter};
+
+/// What a connection needs of the server it belongs to. The server implements it; the
+/// connection knows nothing else of it.
+pub trait Owner: Send + Sync {
+    /// A receive (or, with `send`, a send) parked on `conn` may finish: have its future
+    /// resolved on the loop thread. Called from any thread.
+    fn wake(&self, conn: Arc<ConnShared>, send: bool);
+    /// A line for Python's `logging` (level as in `logging`).
+    fn log(&self, level: i32, message: String);
+    /// The connection ended: it is no longer one of the server's.
+    fn forget(&self, id: u64);
+}
+
+/// Something a connection belongs to and leaves when it ends (a registry).
+pub trait Membership: Send + Sync {
+    fn forget(&self, id: u64);
+}
+
+/// The limits of a connection's queues.
+#[derive(Clone, Copy, Debug)]
+pub struct Buffers {
+    /// Bytes the inbox holds before the driver stops reading (one larger message is taken
+    /// alone).
+    pub inbox_limit: usize,
+    /// Bytes the outbox holds before sends park and broadcasts apply their policy.
+    pub outbox_limit: usize,
+    /// How long an outbox over its limit may go without a byte written before its socket
+    /// is closed with 1013 (`slow.rs`).
+    pub slow_consumer_timeout: Duration,
+}
+
+fn progress_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Now on the clock `progress_at` uses: nanoseconds since its epoch.
+pub fn progress_now() -> u64 {
+    progress_epoch().elapsed().as_nanos() as u64
+}
+
+/// The instant of a `progress_now` reading.
+pub fn progress_instant(nanos: u64) -> Instant {
+    progress_epoch() + Duration::from_nanos(nanos)
+}
 
 pub enum Incoming {
     Text(Text),
@@ -79,45 +122,6 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
-/// Request data of the handshake, handed to Python once, when the handler starts.
-pub struct Handshake {
-    pub route_id: usize,
-    pub path: String,
-    pub query_string: String,
-    pub scheme: &'static str,
-    pub headers: Vec<(String, String)>,
-    pub client: (String, u16),
-    pub server: (String, u16),
-    pub path_params: Vec<(String, String)>,
-    pub subprotocols: Vec<String>,
-    pub decision: tokio::sync::oneshot::Sender<Decision>,
-}
-
-/// The handler's answer to a handshake.
-pub enum Decision {
-    Accept {
-        subprotocol: Option<String>,
-        headers: Vec<(String, String)>,
-    },
-    /// An HTTP response instead of the upgrade: a refusal (`body: None`, the status's
-    /// reason phrase as text) or the app's own denial response.
-    Respond {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Option<Bytes>,
-    },
-}
-
-impl Decision {
-    pub fn refuse(status: u16) -> Self {
-        Decision::Respond {
-            status,
-            headers: Vec::new(),
-            body: None,
-        }
-    }
-}
-
 pub enum Received {
     Message(Incoming),
     Ended(CloseInfo),
@@ -156,7 +160,8 @@ pub struct Waiters {
 
 pub struct ConnShared {
     pub id: u64,
-    pub server: Arc<ServerState>,
+    owner: Arc<dyn Owner>,
+    pub buffers: Buffers,
     inbox: Mutex<Inbox>,
     outbox: Mutex<Outbox>,
     outbox_bytes: AtomicUsize,
@@ -184,8 +189,8 @@ pub struct ConnShared {
     pub latency_us: AtomicU64,
     /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
     pub last_pong_at: AtomicU64,
-    memberships: Mutex<Vec<Weak<RegistryInner>>>,
-    /// When a write last moved bytes of the outbox (`slow::now_nanos`): a socket over its
+    memberships: Mutex<Vec<Weak<dyn Membership>>>,
+    /// When a write last moved bytes of the outbox (`progress_now`): a socket over its
     /// limit that makes no progress for `slow_consumer_timeout` is closed (`slow.rs`).
     progress_at: AtomicU64,
     /// A fan-out waits for room: notified once the outbox is under this many bytes
@@ -197,10 +202,11 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(server: Arc<ServerState>) -> Arc<Self> {
+    pub fn new(id: u64, owner: Arc<dyn Owner>, buffers: Buffers) -> Arc<Self> {
         Arc::new(Self {
-            id: crate::node::next_id(),
-            server,
+            id,
+            owner,
+            buffers,
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
                 bytes: 0,
@@ -257,7 +263,7 @@ impl ConnShared {
     // ---- inbox: the driver → Python ----
 
     pub fn inbox_is_full(&self) -> bool {
-        self.inbox.lock().bytes >= self.server.config.inbox_limit
+        self.inbox.lock().bytes >= self.buffers.inbox_limit
     }
 
     /// Called by the driver for each data message; returns whether a receive is parked
@@ -277,7 +283,7 @@ impl ConnShared {
         if let Some(message) = inbox.queue.pop_front() {
             // Wake a reader waiting on a full inbox only once it is half empty, so that it
             // refills in bulk: one cross-thread wake-up per half inbox, not per message.
-            let low_water = self.server.config.inbox_limit / 2;
+            let low_water = self.buffers.inbox_limit / 2;
             let before = inbox.bytes;
             inbox.bytes -= message.size();
             let reader_may_refill = before > low_water && inbox.bytes <= low_water;
@@ -352,7 +358,7 @@ impl ConnShared {
     /// socket leaves is written by the driver when the socket has room (its readiness
     /// says so, no wake-up needed); a close frame, or a failed socket, is the driver's
     /// business, so it is woken for those.
-    fn write_now(self: &Arc<Self>) {
+    pub fn write_now(self: &Arc<Self>) {
         loop {
             match self.write_queued(false) {
                 Ok(Written { more: false, .. }) => return,
@@ -377,21 +383,23 @@ impl ConnShared {
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this; it counts
-    /// the messages sent once per broadcast, not here per member).
+    /// the messages sent once per broadcast, not here per member). `Offer::First` means
+    /// nothing was queued before it: the caller writes it (`write_now`), once for all it
+    /// offered in a burst.
     pub fn offer(self: &Arc<Self>, frame: OutFrame, size: usize) -> Offer {
         if self.is_closing() {
             return Offer::Ended;
         }
-        let limit = self.server.config.outbox_limit;
+        let limit = self.buffers.outbox_limit;
         let queued = self.outbox_bytes.load(Ordering::Acquire);
         if queued + size > limit && queued > 0 {
             return Offer::Full;
         }
         if self.push(frame).1 {
-            // Nothing was ahead of it: write it from here, no thread woken. Frames ahead
-            // of it are being written by whoever queued them, or wait for the socket to
-            // have room; this one goes with them.
-            self.write_now();
+            // Nothing was ahead of it: the caller writes it, no thread woken. Frames
+            // ahead of it are being written by whoever queued them, or wait for the
+            // socket to have room; this one goes with them.
+            return Offer::First;
         }
         Offer::Queued
     }
@@ -426,12 +434,15 @@ impl ConnShared {
         }
         let mut close_sent = false;
         let mut freed = 0;
-        if count > 0 {
+        if count == 0 {
+            // Nothing new: what TLS still holds of earlier frames goes first.
+            socket.flush()?;
+        } else {
             let mut n = socket.writev(&slices[..count])?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            self.progress_at.store(slow::now_nanos(), Ordering::Release);
+            self.progress_at.store(progress_now(), Ordering::Release);
             while let Some(Outgoing { frame, size }) = queue.front_mut() {
                 let len = frame.wire_len();
                 if n < len {
@@ -454,7 +465,7 @@ impl ConnShared {
         if queue.is_empty() && queue.capacity() > IDLE_QUEUE_CAPACITY {
             queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
-        let more = !queue.is_empty();
+        let more = !queue.is_empty() || socket.has_pending();
         drop(outbox);
         if freed > 0 {
             self.written(freed);
@@ -475,6 +486,11 @@ impl ConnShared {
         self.outbox.lock().socket = socket;
     }
 
+    /// A line for Python's `logging`, through the connection's server.
+    pub fn log(&self, level: i32, message: String) {
+        self.owner.log(level, message);
+    }
+
     fn wake_io(&self) {
         if let Some(waker) = self.io_waker.get() {
             waker.wake_by_ref();
@@ -482,7 +498,7 @@ impl ConnShared {
     }
 
     pub fn outbox_over_limit(&self) -> bool {
-        self.outbox_bytes.load(Ordering::Acquire) > self.server.config.outbox_limit
+        self.outbox_bytes.load(Ordering::Acquire) > self.buffers.outbox_limit
     }
 
     /// Called by Python before parking a send: is there room now? If not, ask for a wake-up.
@@ -506,11 +522,11 @@ impl ConnShared {
         {
             self.room.notify_waiters();
         }
-        if left <= self.server.config.outbox_limit / 2
+        if left <= self.buffers.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
             && self.sender_waiting.swap(false, Ordering::SeqCst)
         {
-            self.server.bridge.push(Event::WakeSend(self.clone()));
+            self.owner.wake(self.clone(), true);
         }
     }
 
@@ -523,26 +539,21 @@ impl ConnShared {
     /// Whether `offer` would queue `size` more bytes now.
     pub fn has_room(&self, size: usize) -> bool {
         let queued = self.outbox_bytes.load(Ordering::Acquire);
-        queued == 0 || queued + size <= self.server.config.outbox_limit
+        queued == 0 || queued + size <= self.buffers.outbox_limit
     }
 
     /// Notify `room` once the outbox has drained far enough for `size` more bytes, and to
     /// half the limit at least, so that a waiting fan-out resumes in bulk. With several
     /// waiters the first to be satisfied wakes all; the others ask again.
     pub fn want_room(&self, size: usize) {
-        let limit = self.server.config.outbox_limit;
+        let limit = self.buffers.outbox_limit;
         let below = limit.saturating_sub(size).min(limit / 2);
         self.room_wanted.fetch_max(below + 1, Ordering::AcqRel);
     }
 
     /// A parked send resumes from here on.
     pub fn outbox_under_half(&self) -> bool {
-        self.outbox_bytes.load(Ordering::Acquire) <= self.server.config.outbox_limit / 2
-    }
-
-    /// Close a socket that made no progress with 1013 (`close_now`).
-    pub fn close_slow(self: &Arc<Self>) {
-        self.close_now(SLOW_CODE, SLOW_REASON);
+        self.outbox_bytes.load(Ordering::Acquire) <= self.buffers.outbox_limit / 2
     }
 
     /// Close without first writing what is queued: the queued frames are discarded (all
@@ -614,7 +625,7 @@ impl ConnShared {
                 registry.forget(self.id);
             }
         }
-        self.server.forget(self.id);
+        self.owner.forget(self.id);
         let (wake_receiver, wake_sender) = {
             let mut inbox = self.inbox.lock();
             inbox.ended = true;
@@ -627,14 +638,14 @@ impl ConnShared {
         stats::bump(&counter::connections_closed);
         stats::record_close(code);
         if wake_receiver {
-            self.server.bridge.push(Event::WakeReceive(self.clone()));
+            self.owner.wake(self.clone(), false);
         }
         if wake_sender {
-            self.server.bridge.push(Event::WakeSend(self.clone()));
+            self.owner.wake(self.clone(), true);
         }
         // A fan-out waiting for room in this outbox stops waiting.
         self.room.notify_waiters();
-        self.server.bridge.log(
+        self.owner.log(
             LOG_DEBUG,
             format!("connection {} ended with {code} {reason}", self.id),
         );
@@ -645,7 +656,7 @@ impl ConnShared {
 
     /// Remember a registry this connection belongs to, so that `end` can leave it.
     /// Returns false if the connection has already ended.
-    pub fn joined(&self, registry: Weak<RegistryInner>) -> bool {
+    pub fn joined(&self, registry: Weak<dyn Membership>) -> bool {
         let mut memberships = self.memberships.lock();
         if self.is_closing() {
             return false;
@@ -656,7 +667,7 @@ impl ConnShared {
         true
     }
 
-    pub fn left(&self, registry: &Weak<RegistryInner>) {
+    pub fn left(&self, registry: &Weak<dyn Membership>) {
         self.memberships.lock().retain(|r| !r.ptr_eq(registry));
     }
 }
@@ -669,6 +680,8 @@ pub fn lost() -> CloseInfo {
 }
 
 pub enum Offer {
+    /// Queued first: the offerer writes it.
+    First,
     Queued,
     Full,
     Ended,

@@ -95,7 +95,9 @@ impl Heartbeat {
             return Beat::Idle;
         }
         self.awaiting = Some(now);
-        Beat::Ping(Bytes::copy_from_slice(&nanos_since_epoch(now).to_be_bytes()))
+        Beat::Ping(Bytes::copy_from_slice(
+            &nanos_since_epoch(now).to_be_bytes(),
+        ))
     }
 }
 
@@ -143,6 +145,9 @@ mod tests {
         let now = Instant::now();
         beat.awaiting = Some(now);
         assert_eq!(beat.pong(b"unsolicited", now), None);
-        assert!(matches!(beat.check(now + Duration::from_secs(6)), Beat::Idle));
+        assert!(matches!(
+            beat.check(now + Duration::from_secs(6)),
+            Beat::Idle
+        ));
     }
 }

@@ -6,8 +6,11 @@ mod awaitable;
 mod bridge;
 mod config;
 mod connection;
+mod convert;
 mod envelope;
+mod eventloop;
 mod frame;
+mod handshake;
 mod heartbeat;
 mod http;
 mod node;
@@ -21,6 +24,7 @@ mod server;
 mod slow;
 mod socket;
 mod stats;
+mod tls;
 mod websocket;
 
 use pyo3::prelude::*;
@@ -65,5 +69,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<awaitable::Done>()?;
     module.add_function(wrap_pyfunction!(engine_stats, module)?)?;
     module.add_function(wrap_pyfunction!(engine_metrics, module)?)?;
+    module.add_function(wrap_pyfunction!(server::check_tls, module)?)?;
     Ok(())
 }

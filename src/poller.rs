@@ -202,7 +202,8 @@ impl Poller {
             let Some(session) = side.sessions.get_mut(&token) else {
                 continue; // a socket dropped earlier in this batch
             };
-            let hangup = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+            let hangup =
+                (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
             if events & hangup != 0 {
                 session.readable = true;
             }
@@ -223,7 +224,11 @@ impl Poller {
             }
             side.timers.pop();
             // An entry for a deadline since moved is stale: the session has another.
-            if side.sessions.get(&id).is_some_and(|s| s.timer_at == Some(at)) {
+            if side
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.timer_at == Some(at))
+            {
                 side.sessions.get_mut(&id).expect("checked").timer_at = None;
                 self.serve(side, id, now);
             }
@@ -253,8 +258,7 @@ impl Poller {
             u64: id,
         };
         // SAFETY: both descriptors are valid; `event` outlives the call.
-        if unsafe { libc::epoll_ctl(self.fd(), libc::EPOLL_CTL_ADD, socket.fd(), &mut event) } < 0
-        {
+        if unsafe { libc::epoll_ctl(self.fd(), libc::EPOLL_CTL_ADD, socket.fd(), &mut event) } < 0 {
             shared.end(1006, "the socket could not be watched");
             return;
         }
@@ -363,7 +367,11 @@ impl Poller {
         }
         // Drop stale heap entries from the top, then arm for the first live one.
         while let Some(&Reverse((at, id))) = side.timers.peek() {
-            if side.sessions.get(&id).is_some_and(|s| s.timer_at == Some(at)) {
+            if side
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.timer_at == Some(at))
+            {
                 break;
             }
             side.timers.pop();
@@ -413,19 +421,34 @@ impl Session {
         if self.shared.is_closing() {
             self.protocol.start_closing(now);
         }
-        if self.protocol.holds_failure() || self.protocol.next_deadline().is_some_and(|at| at <= now)
-        {
-            let shared = &self.shared;
-            self.protocol
-                .tick(now, || shared.receiver_caught_up(), &mut |a| actions.push(a));
-            if !self.carry_out(actions, to_resolve, now) {
-                return false;
-            }
+        if !self.tick(now, actions, to_resolve) || !self.read(now, scratch, actions, to_resolve) {
+            return false;
         }
-        if !self.read(now, scratch, actions, to_resolve) {
+        // A violation just read: its close goes at once if the handler has caught up, and
+        // otherwise the handler's next wait on an empty inbox wakes the driver.
+        if self.protocol.holds_failure() && !self.tick(now, actions, to_resolve) {
             return false;
         }
         self.write(actions);
+        self.carry_out(actions, to_resolve, now)
+    }
+
+    /// Run what is due: timers, and a held violation's close.
+    fn tick(
+        &mut self,
+        now: Instant,
+        actions: &mut Vec<Action>,
+        to_resolve: &mut Vec<Arc<ConnShared>>,
+    ) -> bool {
+        if !self.protocol.holds_failure() && self.protocol.next_deadline().is_none_or(|at| at > now)
+        {
+            return true;
+        }
+        let shared = &self.shared;
+        self.protocol
+            .tick(now, || shared.receiver_caught_up(), &mut |a| {
+                actions.push(a)
+            });
         self.carry_out(actions, to_resolve, now)
     }
 
@@ -467,7 +490,7 @@ impl Session {
             match read {
                 Ok(0) => self.protocol.peer_gone(&mut |action| actions.push(action)),
                 // A short read drained the socket: the next edge says when there is more.
-                Ok(n) if n < asked => self.readable = false,
+                Ok(n) if n < asked && self.socket.short_read_drains() => self.readable = false,
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -536,7 +559,7 @@ impl Session {
                     shared.close(code, &reason);
                     self.protocol.start_closing(now);
                 }
-                Action::Violated(code, reason) => shared.server.bridge.log(
+                Action::Violated(code, reason) => shared.log(
                     LOG_INFO,
                     format!("closing connection {} with {code}: {reason}", shared.id),
                 ),

@@ -360,7 +360,10 @@ mod tests {
             let mut p = Protocol::new(limits(), now);
             let mut actions = run(&mut p, &bytes[..cut], now);
             actions.extend(run(&mut p, &bytes[cut..], now));
-            assert!(matches!(&actions[..], [Action::Binary(b)] if b.len() == 300), "cut {cut}");
+            assert!(
+                matches!(&actions[..], [Action::Binary(b)] if b.len() == 300),
+                "cut {cut}"
+            );
         }
     }
 
@@ -410,8 +413,15 @@ mod tests {
         let mut p = Protocol::new(limits(), now);
         p.start_closing(now);
         p.close_written(&mut |_| panic!("nothing to do yet"));
-        let actions = run(&mut p, &client_frame(true, frame::OP_CLOSE, &1000u16.to_be_bytes()), now);
-        assert!(matches!(&actions[..], [Action::Close(1000, _), Action::Stop]));
+        let actions = run(
+            &mut p,
+            &client_frame(true, frame::OP_CLOSE, &1000u16.to_be_bytes()),
+            now,
+        );
+        assert!(matches!(
+            &actions[..],
+            [Action::Close(1000, _), Action::Stop]
+        ));
     }
 
     #[test]
@@ -421,7 +431,10 @@ mod tests {
         p.start_closing(now);
         assert_eq!(p.next_deadline(), Some(now + Duration::from_secs(2)));
         assert!(tick(&mut p, now + Duration::from_secs(1), false).is_empty());
-        assert!(matches!(&tick(&mut p, now + Duration::from_secs(2), false)[..], [Action::Stop]));
+        assert!(matches!(
+            &tick(&mut p, now + Duration::from_secs(2), false)[..],
+            [Action::Stop]
+        ));
     }
 
     #[test]
@@ -431,7 +444,10 @@ mod tests {
         let mut bytes = client_frame(true, frame::OP_TEXT, b"first");
         bytes.extend([0x83, 0x80, 0, 0, 0, 0]); // reserved opcode 3
         let actions = run(&mut p, &bytes, now);
-        assert!(matches!(&actions[..], [Action::Text(_), Action::Violated(1002, _)]));
+        assert!(matches!(
+            &actions[..],
+            [Action::Text(_), Action::Violated(1002, _)]
+        ));
         assert!(!p.wants_read());
         assert!(p.holds_failure());
         // The handler has not taken "first" yet: nothing.
@@ -451,7 +467,10 @@ mod tests {
         run(&mut p, &[0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], now); // unmasked
         let grace = p.next_deadline().unwrap();
         assert!(grace <= now + FAIL_GRACE);
-        assert!(matches!(&tick(&mut p, grace, false)[..], [Action::Close(1002, _)]));
+        assert!(matches!(
+            &tick(&mut p, grace, false)[..],
+            [Action::Close(1002, _)]
+        ));
     }
 
     #[test]
@@ -490,7 +509,11 @@ mod tests {
             panic!("no ping");
         };
         let back = at + Duration::from_millis(3);
-        let actions = run(&mut p, &client_frame(true, frame::OP_PONG, &ping.payload), back);
+        let actions = run(
+            &mut p,
+            &client_frame(true, frame::OP_PONG, &ping.payload),
+            back,
+        );
         assert!(matches!(&actions[..], [Action::RoundTrip(us)] if (2900..=3100).contains(us)));
         // Answered: no timeout, the next ping is due on schedule.
         assert!(tick(&mut p, at + Duration::from_secs(5), false).is_empty());
@@ -506,7 +529,10 @@ mod tests {
         assert_eq!(deadline, now + Duration::from_secs(10));
         let at = now + Duration::from_secs(15);
         let actions = tick(&mut p, at, false);
-        assert!(matches!(&actions[..], [Action::Lost(1011, _), Action::Stop]));
+        assert!(matches!(
+            &actions[..],
+            [Action::Lost(1011, _), Action::Stop]
+        ));
     }
 
     #[test]
@@ -515,6 +541,9 @@ mod tests {
         let mut p = Protocol::new(limits(), now);
         let mut actions = Vec::new();
         p.peer_gone(&mut |a| actions.push(a));
-        assert!(matches!(&actions[..], [Action::Lost(1006, _), Action::Stop]));
+        assert!(matches!(
+            &actions[..],
+            [Action::Lost(1006, _), Action::Stop]
+        ));
     }
 }

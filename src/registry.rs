@@ -29,14 +29,15 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
 
 use crate::bridge::Bridge;
-use crate::connection::{frame_size, ConnShared, Offer};
+use crate::connection::{frame_size, progress_now, ConnShared, Membership, Offer};
+use crate::convert::{bytes_of, text_of};
 use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
 use crate::node;
 use crate::pubsub::{self, LocalMembers, Notice, QueryError};
 use crate::slow::{self, Waited};
 use crate::stats::{self, counter};
-use crate::websocket::{bytes_of, text_of, Connection};
+use crate::websocket::Connection;
 
 /// Room names travel in a 16-bit length field when a backend carries them.
 const MAX_ROOM_NAME: usize = u16::MAX as usize;
@@ -121,15 +122,17 @@ pub struct RegistryInner {
     this: Weak<RegistryInner>,
 }
 
-impl RegistryInner {
+impl Membership for RegistryInner {
     /// Called by a connection as it ends.
-    pub fn forget(&self, id: u64) {
+    fn forget(&self, id: u64) {
         let removed = self.members.lock().remove(id);
         if let Some((_, emptied)) = removed {
             self.rooms_closed(&emptied);
         }
     }
+}
 
+impl RegistryInner {
     fn rooms_closed(&self, rooms: &[String]) {
         if let Some(backend) = self.backend.get() {
             rooms.iter().for_each(|room| backend.room_closed(room));
@@ -154,14 +157,17 @@ impl RegistryInner {
         });
     }
 
-    async fn deliver(&self, delivery: Delivery) {
+    async fn deliver(&self, delivery: Delivery, to_write: &mut Vec<Arc<ConnShared>>) {
         let waiting = self.offer(
             &delivery.frame,
             delivery.size,
             &delivery.target,
             delivery.exclude,
+            to_write,
         );
         if !waiting.is_empty() {
+            // What the burst queued goes out first: a member waited for may be full of it.
+            write_offered(to_write);
             self.wait_for(waiting, &delivery.frame, delivery.size).await;
         }
         // SeqCst with the flag: `await_backlog` stores the flag, then reads the backlog.
@@ -180,7 +186,7 @@ impl RegistryInner {
     /// members' clocks all start now, so that several stalled members together hold the
     /// fan-out for one `slow_consumer_timeout`, not one each.
     async fn wait_for(&self, waiting: Vec<Arc<ConnShared>>, frame: &OutFrame, size: usize) {
-        let since = slow::now_nanos();
+        let since = progress_now();
         let mut delivered = 0;
         let mut closed = 0;
         for conn in waiting {
@@ -195,6 +201,11 @@ impl RegistryInner {
                 }
                 // Another writer may have filled it again in between: then wait again.
                 match conn.offer(frame.clone(), size) {
+                    Offer::First => {
+                        delivered += 1;
+                        conn.write_now();
+                        break;
+                    }
                     Offer::Queued => {
                         delivered += 1;
                         break;
@@ -217,13 +228,16 @@ impl RegistryInner {
     }
 
     /// Offer one frame to the members `target` names, by the slow-consumer policy; returns
-    /// the members to wait for (policy "wait").
+    /// the members to wait for (policy "wait"). The members whose outbox it was first in
+    /// are added to `to_write`: the caller writes each of them once, after all it offered
+    /// in a burst (`write_offered`).
     fn offer(
         &self,
         frame: &OutFrame,
         size: usize,
         target: &Target,
         exclude: Option<u64>,
+        to_write: &mut Vec<Arc<ConnShared>>,
     ) -> Vec<Arc<ConnShared>> {
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
@@ -235,6 +249,10 @@ impl RegistryInner {
                     return;
                 }
                 match conn.offer(frame.clone(), size) {
+                    Offer::First => {
+                        delivered += 1;
+                        to_write.push(conn.clone());
+                    }
                     Offer::Queued => delivered += 1,
                     Offer::Ended => {}
                     Offer::Full => match self.policy {
@@ -272,6 +290,13 @@ impl RegistryInner {
     }
 }
 
+/// Write the members a burst of offers reached, one `writev` each for all it queued.
+fn write_offered(to_write: &mut Vec<Arc<ConnShared>>) {
+    for conn in to_write.drain(..) {
+        conn.write_now();
+    }
+}
+
 impl LocalMembers for RegistryInner {
     fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>) {
         self.enqueue(frame, target.clone(), exclude);
@@ -298,16 +323,26 @@ impl LocalMembers for RegistryInner {
     }
 }
 
+/// Deliveries offered before the members are written: a burst of broadcasts costs one
+/// `writev` per member, not one per message, and the first message waits for at most
+/// this many others.
+const BURST: usize = 64;
+
 async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiver<Delivery>) {
+    let mut to_write = Vec::new();
     while let Some(delivery) = queue.recv().await {
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        registry.deliver(delivery).await;
-        // Deliver whatever else is already queued before yielding to other tasks.
-        while let Ok(delivery) = queue.try_recv() {
-            registry.deliver(delivery).await;
+        registry.deliver(delivery, &mut to_write).await;
+        // Deliver whatever else is already queued before writing and yielding.
+        for _ in 1..BURST {
+            match queue.try_recv() {
+                Ok(delivery) => registry.deliver(delivery, &mut to_write).await,
+                Err(_) => break,
+            }
         }
+        write_offered(&mut to_write);
     }
 }
 
@@ -321,13 +356,17 @@ impl Registry {
         Arc::downgrade(&self.inner)
     }
 
+    fn membership(&self) -> Weak<dyn Membership> {
+        self.weak()
+    }
+
     fn add_member(&self, conn: &Connection) -> bool {
         let shared = conn.shared();
         let mut members = self.inner.members.lock();
         if members.by_id.contains_key(&shared.id) {
             return true;
         }
-        if !shared.joined(self.weak()) {
+        if !shared.joined(self.membership()) {
             return false;
         }
         members.by_id.insert(
@@ -430,7 +469,7 @@ impl Registry {
         let id = conn.shared().id;
         let removed = self.inner.members.lock().remove(id);
         if let Some((_, emptied)) = removed {
-            conn.shared().left(&self.weak());
+            conn.shared().left(&self.membership());
             self.inner.rooms_closed(&emptied);
         }
     }

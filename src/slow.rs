@@ -15,27 +15,18 @@
 //! the writer, as before).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::connection::ConnShared;
+use crate::connection::{progress_instant, progress_now, ConnShared};
 
 /// The close a socket gets when it made no progress for `slow_consumer_timeout`.
 pub const SLOW_CODE: u16 = 1013;
 pub const SLOW_REASON: &str = "slow consumer: no progress";
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Now, as the nanoseconds since this module's epoch that `progress_at` stores.
-pub fn now_nanos() -> u64 {
-    epoch().elapsed().as_nanos() as u64
-}
-
-fn instant_of(nanos: u64) -> Instant {
-    epoch() + Duration::from_nanos(nanos)
+/// Close a socket that made no progress: 1013, its queue discarded (`close_now`).
+pub fn close_stalled(conn: &Arc<ConnShared>) {
+    conn.close_now(SLOW_CODE, SLOW_REASON);
 }
 
 /// How a wait for room ended.
@@ -52,7 +43,7 @@ pub enum Waited {
 /// or after `since` (when the wait began) if that is later.
 fn deadline(conn: &ConnShared, since: u64) -> Instant {
     let last = conn.progress_at().max(since);
-    instant_of(last) + conn.server.config.slow_consumer_timeout
+    progress_instant(last) + conn.buffers.slow_consumer_timeout
 }
 
 /// Wait until `conn`'s outbox can take `size` more bytes, the connection ends, or it
@@ -73,7 +64,7 @@ pub async fn wait_for_room(conn: &Arc<ConnShared>, size: usize, since: u64) -> W
         }
         let at = deadline(conn, since);
         if Instant::now() >= at {
-            conn.close_slow();
+            close_stalled(conn);
             return Waited::Closed;
         }
         tokio::select! {
@@ -91,13 +82,13 @@ pub fn watch_send(conn: &Arc<ConnShared>) {
         return;
     }
     let conn = conn.clone();
-    let since = now_nanos();
+    let since = progress_now();
     crate::runtime::get().spawn(async move {
         loop {
             while !conn.is_closing() && !conn.outbox_under_half() {
                 let at = deadline(&conn, since);
                 if Instant::now() >= at {
-                    conn.close_slow();
+                    close_stalled(&conn);
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;

@@ -111,8 +111,12 @@ class Server:
     def _announce(self) -> None:
         host = self.config.host
         shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.config.ssl_certfile else "http"
         logger.info(
-            "ferrosock running on http://%s:%d (Press CTRL+C to quit)", shown, self.port or 0
+            "ferrosock running on %s://%s:%d (Press CTRL+C to quit)",
+            scheme,
+            shown,
+            self.port or 0,
         )
 
     async def _shutdown(self, engine: _engine.Server) -> None:
