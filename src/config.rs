@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub http_max_body: usize,
     /// How long a closing handshake may take before the socket is dropped.
     pub close_timeout: Duration,
+    /// How long a socket over `outbox_limit` may go without any byte written before it is
+    /// closed with 1013 (`slow.rs`).
+    pub slow_consumer_timeout: Duration,
 }
 
 pub fn seconds(value: Option<f64>) -> Option<Duration> {

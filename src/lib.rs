@@ -21,6 +21,7 @@ mod registry;
 mod router;
 mod runtime;
 mod server;
+mod slow;
 mod socket;
 mod stats;
 mod tls;

@@ -117,8 +117,8 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host, port, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout, ssl_certfile, ssl_keyfile, ssl_keyfile_password, ssl_ca_certs,
-        ssl_cert_reqs,
+        close_timeout, slow_consumer_timeout, ssl_certfile, ssl_keyfile, ssl_keyfile_password,
+        ssl_ca_certs, ssl_cert_reqs,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -140,6 +140,7 @@ impl Server {
         http_max_body: usize,
         io_threads: Option<usize>,
         close_timeout: f64,
+        slow_consumer_timeout: f64,
         ssl_certfile: Option<String>,
         ssl_keyfile: Option<String>,
         ssl_keyfile_password: Option<String>,
@@ -169,6 +170,7 @@ impl Server {
             inbox_limit: inbox_limit.max(1),
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
+            slow_consumer_timeout: Duration::from_secs_f64(slow_consumer_timeout.max(0.01)),
         };
         let poller = Poller::new(Limits {
             max_size: config.ws_max_size,
@@ -267,8 +269,10 @@ impl Server {
     fn shutdown(&self, code: u16, reason: &str) {
         self.state.shutdown.cancel();
         let live: Vec<Arc<ConnShared>> = self.state.live.lock().values().cloned().collect();
+        // What is still queued would hold the close back, behind a reader that may be
+        // slow or gone; the sockets are dropped once the handlers are done anyway.
         for conn in live {
-            conn.close(code, reason);
+            conn.close_now(code, reason);
         }
     }
 
@@ -599,6 +603,7 @@ async fn websocket_handshake(
     let buffers = Buffers {
         inbox_limit: state.config.inbox_limit,
         outbox_limit: state.config.outbox_limit,
+        slow_consumer_timeout: state.config.slow_consumer_timeout,
     };
     let shared = ConnShared::new(crate::node::next_id(), state.clone(), buffers);
     let (decision_tx, decision_rx) = oneshot::channel();

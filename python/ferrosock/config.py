@@ -40,7 +40,7 @@ class Config:
     )
     outbox_limit: int = field(
         default=MIB,
-        metadata={"help": "bytes queued per socket before sends wait / broadcasts skip it"},
+        metadata={"help": "bytes queued per socket before sends and broadcasts wait for it"},
     )
     inbox_limit: int = field(
         default=256 * 1024,
@@ -53,6 +53,13 @@ class Config:
     )
     close_timeout: float = field(
         default=5.0, metadata={"help": "seconds a closing handshake may take"}
+    )
+    slow_consumer_timeout: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a socket over outbox_limit may go without taking a byte before "
+            "it is closed with 1013 (sends and broadcasts wait for it until then)"
+        },
     )
     ssl_certfile: str | None = field(
         default=None,
@@ -182,6 +189,7 @@ class Config:
             "http_max_body": self.http_max_body,
             "io_threads": self.io_threads or _available_cpus(),
             "close_timeout": self.close_timeout,
+            "slow_consumer_timeout": self.slow_consumer_timeout,
             "ssl_certfile": self.ssl_certfile,
             "ssl_keyfile": self.ssl_keyfile,
             "ssl_keyfile_password": self.ssl_keyfile_password,
