@@ -30,8 +30,11 @@ use crate::bridge::{Bridge, LOG_INFO, LOG_WARNING};
 use crate::config::{seconds, ServerConfig};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
+use crate::forwarded::TrustedProxies;
 use crate::handshake::{self, has_token, Decision, Handshake};
 use crate::http::{HttpRequest, PendingRequest, Reply};
+use crate::http_limits;
+use crate::per_client::PerClient;
 use crate::poller::{self, Poller};
 use crate::protocol::Limits;
 use crate::router::{percent_decode, Routes};
@@ -62,6 +65,8 @@ pub struct ServerState {
     routes: Routes,
     hooks: Arc<LoopHooks>,
     live: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    /// Open WebSockets per client address (`max_connections_per_ip`).
+    per_client: PerClient,
     shutdown: CancellationToken,
     /// Reads and writes the upgraded sockets, on the loop thread.
     poller: Arc<Poller>,
@@ -88,6 +93,7 @@ impl Owner for ServerState {
 
     fn forget(&self, id: u64) {
         self.live.lock().remove(&id);
+        self.per_client.release(id);
     }
 }
 
@@ -111,7 +117,8 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host, port, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout,
+        close_timeout, handshake_timeout, timeout_keep_alive, http_max_header_size,
+        http_max_headers, max_connections_per_ip, forwarded_allow_ips,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -133,8 +140,18 @@ impl Server {
         http_max_body: usize,
         io_threads: Option<usize>,
         close_timeout: f64,
+        handshake_timeout: f64,
+        timeout_keep_alive: f64,
+        http_max_header_size: usize,
+        http_max_headers: usize,
+        max_connections_per_ip: Option<usize>,
+        forwarded_allow_ips: Option<String>,
     ) -> PyResult<Self> {
         let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
+        let trusted_proxies = forwarded_allow_ips
+            .map(|spec| TrustedProxies::parse(&spec))
+            .transpose()
+            .map_err(PyValueError::new_err)?;
         let config = ServerConfig {
             host,
             port,
@@ -149,6 +166,12 @@ impl Server {
             inbox_limit: inbox_limit.max(1),
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
+            handshake_timeout: Duration::from_secs_f64(handshake_timeout.max(0.01)),
+            timeout_keep_alive: Duration::from_secs_f64(timeout_keep_alive.max(0.01)),
+            http_max_header_size,
+            http_max_headers: http_max_headers.max(1),
+            max_connections_per_ip,
+            trusted_proxies,
         };
         let poller = Poller::new(Limits {
             max_size: config.ws_max_size,
@@ -157,6 +180,7 @@ impl Server {
             close_timeout: config.close_timeout,
         })?;
         let state = ServerState {
+            per_client: PerClient::new(config.max_connections_per_ip),
             config,
             bridge: Bridge::new()?,
             routes,
@@ -348,19 +372,27 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let local = stream.local_addr().unwrap_or(peer);
     let service_state = state.clone();
+    let (builder, served) = http_limits::builder(&state.config);
     let service = hyper::service::service_fn(move |request| {
+        served.mark();
         handle(request, service_state.clone(), peer, local)
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
+    let mut connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
+    let ended = tokio::select! {
+        ended = &mut connection => ended,
         _ = state.shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
             let _ = tokio::time::timeout(state.config.close_timeout, connection).await;
+            return;
+        }
+    };
+    if let Err(error) = ended {
+        if http_limits::answered_with_error(&error) {
+            if let Some(parts) = connection.into_parts() {
+                http_limits::linger(parts.io.into_inner()).await;
+            }
         }
     }
 }
@@ -487,6 +519,21 @@ async fn websocket_handshake(
         log_request(state, peer, "GET", &path, 503, "max_connections reached");
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
+    let id = crate::node::next_id();
+    let trusted = state.config.trusted_proxies.as_ref();
+    let client = TrustedProxies::client_of(trusted, peer.ip(), request.headers());
+    if !state.per_client.admit(id, client) {
+        stats::bump(&counter::handshakes_rejected);
+        log_request(
+            state,
+            peer,
+            "GET",
+            &path,
+            429,
+            "max_connections_per_ip reached",
+        );
+        return text_response(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+    }
     let key = request
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -495,7 +542,7 @@ async fn websocket_handshake(
         inbox_limit: state.config.inbox_limit,
         outbox_limit: state.config.outbox_limit,
     };
-    let shared = ConnShared::new(crate::node::next_id(), state.clone(), buffers);
+    let shared = ConnShared::new(id, state.clone(), buffers);
     let (decision_tx, decision_rx) = oneshot::channel();
     let handshake = Handshake {
         route_id,
