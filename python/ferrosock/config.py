@@ -50,8 +50,7 @@ class Config:
     handshake_timeout: float = field(
         default=10.0,
         metadata={
-            "help": "seconds a new connection has to send its whole request head; "
-            "then it is closed"
+            "help": "seconds a new connection has to send its whole request head; then it is closed"
         },
     )
     timeout_keep_alive: float = field(

@@ -418,7 +418,7 @@ def check_settings(config: Config) -> None:
 
 
 # The connection limits: (setting, smallest, largest, whole numbers only, None allowed).
-_LIMITS = (
+_LIMITS: tuple[tuple[str, float, float | None, bool, bool], ...] = (
     ("handshake_timeout", 0.01, None, False, False),
     ("timeout_keep_alive", 0.01, None, False, False),
     ("http_max_header_size", 1024, 256 * 1024, True, False),
@@ -433,10 +433,10 @@ def check_limits(config: Config) -> None:
         value = getattr(config, name)
         if value is None and optional:
             continue
-        kinds: tuple[type, ...] = (int,) if whole else (int, float)
         if (
             isinstance(value, bool)
-            or not isinstance(value, kinds)
+            or not isinstance(value, (int, float))
+            or (whole and not isinstance(value, int))
             or value < low
             or (high is not None and value > high)
         ):
