@@ -459,6 +459,36 @@ def check_settings(config: Config) -> None:
         config.ssl_ca_certs,
         config.ssl_cert_reqs,
     )
+    check_limits(config)
+
+
+# The connection limits: (setting, smallest, largest, whole numbers only, None allowed).
+_LIMITS: tuple[tuple[str, float, float | None, bool, bool], ...] = (
+    ("handshake_timeout", 0.01, None, False, False),
+    ("timeout_keep_alive", 0.01, None, False, False),
+    ("http_max_header_size", 1024, 256 * 1024, True, False),
+    ("http_max_headers", 1, 1000, True, False),
+    ("max_connections_per_ip", 1, None, True, True),
+)
+
+
+def check_limits(config: Config) -> None:
+    """The connection limits are numbers in their range (ValueError naming the setting)."""
+    for name, low, high, whole, optional in _LIMITS:
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (whole and not isinstance(value, int))
+            or value < low
+            or (high is not None and value > high)
+        ):
+            what = "a whole number" if whole else "a number of seconds"
+            bounds = f">= {low}" if high is None else f"from {low} to {high}"
+            also = " or None" if optional else ""
+            raise ValueError(f"{name} must be {what} {bounds}{also}, not {value!r}")
 
 
 def run(app: Any, **settings: Any) -> None:
