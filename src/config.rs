@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    /// An inherited listening socket to serve on instead of binding `host:port`.
+    pub fd: Option<i32>,
     pub backlog: i32,
     pub reuse_port: bool,
     /// Largest incoming message (and frame); bigger ones close the socket with 1009.
@@ -27,6 +29,10 @@ pub struct ServerConfig {
     pub http_max_body: usize,
     /// How long a closing handshake may take before the socket is dropped.
     pub close_timeout: Duration,
+    /// `server: ferrosock` on every response the engine writes (HTTP, refusals, the 101).
+    pub server_header: bool,
+    /// hyper's `date` header on every response.
+    pub date_header: bool,
 }
 
 pub fn seconds(value: Option<f64>) -> Option<Duration> {

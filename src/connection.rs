@@ -21,7 +21,7 @@ use crate::bridge::{Event, LOG_DEBUG};
 use crate::frame::{OutFrame, Text};
 use crate::registry::RegistryInner;
 use crate::server::ServerState;
-use crate::stats::{self, counter};
+use crate::stats::{self, counter, Refusal};
 
 pub enum Incoming {
     Text(Text),
@@ -100,15 +100,17 @@ pub enum Decision {
         status: u16,
         headers: Vec<(String, String)>,
         body: Option<Bytes>,
+        why: Refusal,
     },
 }
 
 impl Decision {
-    pub fn refuse(status: u16) -> Self {
+    pub fn refuse(status: u16, why: Refusal) -> Self {
         Decision::Respond {
             status,
             headers: Vec::new(),
             body: None,
+            why,
         }
     }
 }

@@ -120,6 +120,7 @@ mod tests {
         ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,
+            fd: None,
             backlog: 16,
             reuse_port: false,
             ws_max_size: 1 << 20,
@@ -131,6 +132,8 @@ mod tests {
             inbox_limit: 256 * 1024,
             http_max_body: 1 << 20,
             close_timeout: Duration::from_secs(1),
+            server_header: true,
+            date_header: true,
         }
     }
 

@@ -33,7 +33,7 @@ use crate::config::{seconds, ServerConfig};
 use crate::connection::{ConnShared, Decision, Handshake};
 use crate::http::{HttpRequest, PendingRequest, Reply};
 use crate::router::{percent_decode, Routes};
-use crate::stats::{self, counter};
+use crate::stats::{self, counter, Refusal};
 use crate::websocket::Connection;
 
 type Body = Full<Bytes>;
@@ -101,9 +101,9 @@ impl Server {
     // Every setting is required: the defaults live in one place, Python's `Config`.
     #[pyo3(signature = (
         routes, on_websocket, on_http, on_log, *,
-        host, port, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
+        host, port, fd, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout,
+        close_timeout, server_header, date_header,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -113,6 +113,7 @@ impl Server {
         on_log: Py<PyAny>,
         host: String,
         port: u16,
+        fd: Option<i32>,
         backlog: i32,
         reuse_port: bool,
         ws_max_size: usize,
@@ -125,11 +126,14 @@ impl Server {
         http_max_body: usize,
         io_threads: Option<usize>,
         close_timeout: f64,
+        server_header: bool,
+        date_header: bool,
     ) -> PyResult<Self> {
         let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
         let config = ServerConfig {
             host,
             port,
+            fd,
             backlog,
             reuse_port,
             ws_max_size,
@@ -141,6 +145,8 @@ impl Server {
             inbox_limit: inbox_limit.max(1),
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
+            server_header,
+            date_header,
         };
         let state = ServerState {
             config,
@@ -227,7 +233,10 @@ impl Server {
 
 impl Server {
     fn listen(&self, py: Python<'_>) -> PyResult<()> {
-        let listener = bind(&self.state.config)?;
+        let listener = match self.state.config.fd {
+            Some(fd) => inherited(fd)?,
+            None => bind(&self.state.config)?,
+        };
         self.port
             .store(listener.local_addr()?.port(), Ordering::Relaxed);
         let runtime = crate::runtime::init(self.io_threads);
@@ -302,6 +311,23 @@ fn bind(config: &ServerConfig) -> PyResult<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The listening socket the process inherited as `fd` (systemd's socket activation passes
+/// 3), served through a duplicate: the inherited descriptor stays open, so forked workers
+/// and a server started again in the same process can each take their own.
+fn inherited(fd: i32) -> PyResult<std::net::TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: fcntl checks `fd` itself (EBADF when it is not open) and only duplicates it.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(PyOSError::new_err(format!("fd {fd}: {error}")));
+    }
+    // SAFETY: `copy` is a descriptor just made for this socket and owned by nothing else.
+    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(copy) });
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     loop {
         let accepted = tokio::select! {
@@ -332,6 +358,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Server
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .auto_date_header(state.config.date_header)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -387,7 +414,7 @@ async fn handle(
     let path = percent_decode(request.uri().path()).into_owned();
     let wants_websocket = has_token(request.headers(), header::UPGRADE, "websocket");
     let found = state.routes.find(&path);
-    let response = if wants_websocket {
+    let mut response = if wants_websocket {
         match found
             .as_ref()
             .and_then(|f| f.endpoints.websocket.map(|id| (id, f)))
@@ -397,6 +424,7 @@ async fn handle(
                 websocket_handshake(request, &state, route_id, path, params, peer, local).await
             }
             None => {
+                stats::record_refusal(Refusal::NotFound);
                 log_request(&state, peer, "GET", &path, 403, "no WebSocket route");
                 text_response(StatusCode::FORBIDDEN, "Forbidden")
             }
@@ -424,6 +452,12 @@ async fn handle(
             },
         }
     };
+    if state.config.server_header {
+        response
+            .headers_mut()
+            .entry(header::SERVER)
+            .or_insert(HeaderValue::from_static("ferrosock"));
+    }
     Ok(response)
 }
 
@@ -513,7 +547,7 @@ async fn websocket_handshake(
     local: SocketAddr,
 ) -> Response<Body> {
     if let Some(problem) = handshake_problem(&request) {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::BadRequest);
         log_request(state, peer, "GET", &path, 400, problem);
         let mut response = text_response(StatusCode::BAD_REQUEST, "Bad Request");
         response.headers_mut().insert(
@@ -523,7 +557,7 @@ async fn websocket_handshake(
         return response;
     }
     if !origin_allowed(&state.config, request.headers()) {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::ForbiddenOrigin);
         log_request(state, peer, "GET", &path, 403, "origin not allowed");
         return text_response(StatusCode::FORBIDDEN, "Forbidden");
     }
@@ -532,7 +566,7 @@ async fn websocket_handshake(
         .max_connections
         .is_some_and(|max| state.live.lock().len() >= max)
     {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::OverCapacity);
         log_request(state, peer, "GET", &path, 503, "max_connections reached");
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
@@ -563,16 +597,17 @@ async fn websocket_handshake(
         .push(Event::WebSocket(shared.clone(), Box::new(handshake)));
     let upgrade = hyper::upgrade::on(&mut request);
     let decision = tokio::select! {
-        decision = decision_rx => decision.unwrap_or(Decision::refuse(403)),
-        _ = state.shutdown.cancelled() => Decision::refuse(503),
+        decision = decision_rx => decision.unwrap_or(Decision::refuse(403, Refusal::Error)),
+        _ = state.shutdown.cancelled() => Decision::refuse(503, Refusal::Shutdown),
     };
     match decision {
         Decision::Respond {
             status,
             headers,
             body,
+            why,
         } => {
-            stats::bump(&counter::handshakes_rejected);
+            stats::record_refusal(why);
             shared.end(1006, "handshake refused");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
             let mut response = match body {
@@ -590,6 +625,7 @@ async fn websocket_handshake(
             subprotocol,
             headers,
         } => {
+            stats::bump(&counter::handshakes_accepted);
             let connection = shared.clone();
             tokio::spawn(async move {
                 // The socket comes back from hyper as the TCP stream it accepted, with

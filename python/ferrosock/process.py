@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .config import Config
+from .listeners import inherited_address
 from .logs import configure_logging, log_level_number, read_log_config
 from .manager import BackendSettings, partitioned_managers
 from .proxies import Forwarding
@@ -412,6 +413,8 @@ def check_settings(config: Config) -> None:
     Forwarding.from_config(config)
     if config.log_config is not None:
         read_log_config(config.log_config)
+    if config.fd is not None:
+        inherited_address(config.fd)
     if config.loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
 
