@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from core_server import REPO_DIR, TESTS_DIR, ServerProcess
+from core_support import VERSIONED_APP, app_version
 from websockets.asyncio.client import connect
 from worker_support import Proc, started_workers
 
@@ -109,3 +110,30 @@ def test_a_descriptor_that_is_not_a_listening_socket_fails_at_startup_naming_fd(
         os.close(read_end)
         os.close(write_end)
     assert result.returncode != 0 and f"fd: {read_end} is not a socket" in result.stderr
+
+
+async def test_reload_hands_the_inherited_socket_to_each_new_server(listener, tmp_path):
+    module = tmp_path / "versioned.py"
+    module.write_text(VERSIONED_APP.format(version="one"))
+    port, fd = listener.getsockname()[1], listener.fileno()
+    server = ServerProcess(
+        "versioned:app",
+        *("--fd", str(fd), "--reload", "--reload-dir", str(tmp_path), "--app-dir", str(tmp_path)),
+        cwd=tmp_path,
+        pass_fds=(fd,),
+    ).start()
+    try:
+        assert await app_version(port) == "one"
+        # The watcher may start after the first server: write until it sees a change.
+        restarted = lambda line: "restarting" in line  # noqa: E731
+        for _ in range(20):
+            module.write_text(VERSIONED_APP.format(version="two"))
+            try:
+                await server.stderr_line(restarted, 1.0)
+                break
+            except AssertionError:
+                continue
+        await server.stderr_line(lambda _: server.output().count(f"(fd {fd})") >= 2, TIMEOUT)
+        assert await app_version(port) == "two"
+    finally:
+        server.stop()
