@@ -18,6 +18,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use crate::connection::{CloseInfo, ConnShared, Incoming, Received};
+use crate::eventloop::LoopHooks;
 use crate::frame::Text;
 use crate::stats::{self, counter};
 
@@ -64,15 +65,22 @@ pub enum OpKind {
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Op {
     conn: Arc<ConnShared>,
+    hooks: Arc<LoopHooks>,
     kind: OpKind,
     yield_first: AtomicBool,
     parked: AtomicBool,
 }
 
 impl Op {
-    pub fn new(conn: Arc<ConnShared>, kind: OpKind, yield_first: bool) -> Self {
+    pub fn new(
+        conn: Arc<ConnShared>,
+        hooks: &Arc<LoopHooks>,
+        kind: OpKind,
+        yield_first: bool,
+    ) -> Self {
         Self {
             conn,
+            hooks: hooks.clone(),
             kind,
             yield_first: AtomicBool::new(yield_first),
             parked: AtomicBool::new(false),
@@ -87,7 +95,7 @@ impl Op {
 
     /// Create a loop future, remember it on the connection, and hand it to the task.
     fn park(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let future = self.conn.server.create_future(py)?;
+        let future = self.hooks.create_future(py)?;
         future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         {
             let mut waiters = self.conn.waiters.lock();

@@ -1,36 +1,19 @@
-//! The bridge between the IO threads and the Python event loop.
+//! A queue from other threads to the Python event loop's thread, with its eventfd.
 //!
-//! IO threads push `Event`s into one queue and write the eventfd only when the queue goes
-//! from empty to non-empty, so a burst of events costs one wake-up. The loop watches the
-//! eventfd (`loop.add_reader`) and calls `Server.drain`, which runs every queued event on
-//! the loop thread: it is the only place where Python objects are made from engine data.
-//! Nothing here takes the GIL on an IO thread.
+//! Producers push into one queue and write the eventfd only when the queue goes from empty
+//! to non-empty, so a burst costs one wake-up. The loop watches the eventfd
+//! (`loop.add_reader`) and its callback takes everything at once. The server's bridge
+//! carries its events (`server.rs`), the poller's its nudges, a broadcast backend's its
+//! notices. Nothing here takes the GIL.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::connection::{ConnShared, Handshake};
-use crate::http::PendingRequest;
 use crate::stats::{self, counter};
 
-pub enum Event {
-    /// A WebSocket handshake waiting for its handler to accept or refuse it.
-    WebSocket(Arc<ConnShared>, Box<Handshake>),
-    /// An HTTP request waiting for its response.
-    Http(Box<PendingRequest>),
-    /// A parked `receive_*` may now finish: a message arrived or the connection ended.
-    WakeReceive(Arc<ConnShared>),
-    /// A parked `send_*` may now finish: the outbox drained or the connection ended.
-    WakeSend(Arc<ConnShared>),
-    /// A line for Python's `logging` (level as in `logging`, e.g. 30 = WARNING).
-    Log(i32, String),
-}
-
-/// A queue of events for the loop thread and its eventfd. The server's bridge carries
-/// `Event`s; a broadcast backend has its own for what it tells its manager.
-pub struct Bridge<E = Event> {
+/// A queue of events for the loop thread and its eventfd.
+pub struct Bridge<E> {
     queue: Mutex<Vec<E>>,
     eventfd: OwnedFd,
 }
@@ -77,12 +60,6 @@ impl<E> Bridge<E> {
         // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd.
         unsafe { libc::read(self.fd(), (&mut counter_value as *mut u64).cast(), 8) };
         std::mem::swap(&mut *self.queue.lock(), into);
-    }
-}
-
-impl Bridge<Event> {
-    pub fn log(&self, level: i32, message: String) {
-        self.push(Event::Log(level, message));
     }
 }
 

@@ -1,10 +1,13 @@
-//! The state one WebSocket shares between its IO tasks and the Python `Connection`.
+//! The state one WebSocket shares between its driver, the registries and the Python
+//! `Connection`.
 //!
-//! The connection's IO task fills the bounded inbox; Python drains it. Python and the
-//! registries fill the outbox; the loop thread's flush or the IO task drains it. `end` records how the connection ended, exactly once, and
-//! from then on every receive and send sees that close code. This module never takes the
-//! GIL: parked Python futures are stored here but only touched by `Server.drain` and the
-//! awaitables, both on the loop thread.
+//! The driver (`poller.rs`, on the loop thread) fills the bounded inbox; Python drains it.
+//! Python and the registries fill the outbox; whoever queued writes it at once if the
+//! socket takes it, and the driver writes the rest when the socket has room. `end` records
+//! how the connection ended, exactly once, and from then on every receive and send sees
+//! that close code. This module never takes the GIL: parked Python futures are stored here
+//! but only touched by `Server.drain`, the driver and the awaitables, all on the loop
+//! thread.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -12,16 +15,40 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use tokio::net::TcpStream;
 
-use crate::bridge::{Event, LOG_DEBUG};
+use crate::bridge::LOG_DEBUG;
 use crate::frame::{OutFrame, Text};
-use crate::registry::RegistryInner;
-use crate::server::ServerState;
-use crate::stats::{self, counter, Refusal};
+use crate::socket::Socket;
+use crate::stats::{self, counter};
+
+/// What a connection needs of the server it belongs to. The server implements it; the
+/// connection knows nothing else of it.
+pub trait Owner: Send + Sync {
+    /// A receive (or, with `send`, a send) parked on `conn` may finish: have its future
+    /// resolved on the loop thread. Called from any thread.
+    fn wake(&self, conn: Arc<ConnShared>, send: bool);
+    /// A line for Python's `logging` (level as in `logging`).
+    fn log(&self, level: i32, message: String);
+    /// The connection ended: it is no longer one of the server's.
+    fn forget(&self, id: u64);
+}
+
+/// Something a connection belongs to and leaves when it ends (a registry).
+pub trait Membership: Send + Sync {
+    fn forget(&self, id: u64);
+}
+
+/// The byte limits of a connection's queues.
+#[derive(Clone, Copy, Debug)]
+pub struct Buffers {
+    /// Bytes the inbox holds before the driver stops reading (one larger message is taken
+    /// alone).
+    pub inbox_limit: usize,
+    /// Bytes the outbox holds before sends park and broadcasts apply their policy.
+    pub outbox_limit: usize,
+}
 
 pub enum Incoming {
     Text(Text),
@@ -65,6 +92,8 @@ pub struct Written {
     pub close_sent: bool,
     /// Frames are still queued.
     pub more: bool,
+    /// Something was handed to the socket.
+    pub wrote: bool,
 }
 
 /// How the connection ended: the close code and reason the handler sees.
@@ -74,51 +103,10 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
-/// Request data of the handshake, handed to Python once, when the handler starts.
-pub struct Handshake {
-    pub route_id: usize,
-    pub path: String,
-    pub query_string: String,
-    pub scheme: &'static str,
-    pub headers: Vec<(String, String)>,
-    pub client: (String, u16),
-    pub server: (String, u16),
-    pub path_params: Vec<(String, String)>,
-    pub subprotocols: Vec<String>,
-    pub decision: tokio::sync::oneshot::Sender<Decision>,
-}
-
-/// The handler's answer to a handshake.
-pub enum Decision {
-    Accept {
-        subprotocol: Option<String>,
-        headers: Vec<(String, String)>,
-    },
-    /// An HTTP response instead of the upgrade: a refusal (`body: None`, the status's
-    /// reason phrase as text) or the app's own denial response.
-    Respond {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Option<Bytes>,
-        why: Refusal,
-    },
-}
-
-impl Decision {
-    pub fn refuse(status: u16, why: Refusal) -> Self {
-        Decision::Respond {
-            status,
-            headers: Vec::new(),
-            body: None,
-            why,
-        }
-    }
-}
-
 pub enum Received {
     Message(Incoming),
     Ended(CloseInfo),
-    /// Nothing yet; the IO task will push a `WakeReceive` when something arrives.
+    /// Nothing yet; the driver resolves the parked future when something arrives.
     Empty,
 }
 
@@ -126,12 +114,13 @@ pub enum Received {
 ///
 /// Whoever holds the lock writes the front of the queue, without blocking: the loop
 /// thread for frames handlers sent (one `writev` per socket after the ready handlers have
-/// run, so a reply wakes no IO thread), the IO task for everything else and for what the
-/// loop could not write. The lock keeps the two writers in order.
+/// run), a registry's fan-out thread for what it offered, the driver for control frames,
+/// closes and whatever the socket could not take before. The lock keeps the writers in
+/// order.
 struct Outbox {
     queue: VecDeque<Outgoing>,
-    /// The socket, while the IO task runs; `None` before and after.
-    tcp: Option<Arc<TcpStream>>,
+    /// The socket, while the driver has it; `None` before and after.
+    socket: Option<Arc<Socket>>,
 }
 
 struct Inbox {
@@ -152,16 +141,19 @@ pub struct Waiters {
 
 pub struct ConnShared {
     pub id: u64,
-    pub server: Arc<ServerState>,
+    owner: Arc<dyn Owner>,
+    pub buffers: Buffers,
     inbox: Mutex<Inbox>,
     outbox: Mutex<Outbox>,
     outbox_bytes: AtomicUsize,
-    /// Wakes the connection's IO task: something to write, room in the inbox, or stop.
-    io_waker: AtomicWaker,
+    /// Wakes the connection's driver: a close to write, room in the inbox, or stop. Set
+    /// once, when the driver takes the socket; a wake before that is not needed, since the
+    /// driver looks at everything when it starts.
+    io_waker: OnceLock<std::task::Waker>,
     /// On the server's list of sockets to flush from the loop thread.
     flush_listed: AtomicBool,
     sender_waiting: AtomicBool,
-    /// The IO task holds back a close until the handler has taken every message and asks
+    /// The driver holds back a close until the handler has taken every message and asks
     /// for the next: wake it when the handler parks on an empty inbox.
     io_awaits_receiver: AtomicBool,
     /// How the connection ended; set once, by the first `end`.
@@ -171,21 +163,22 @@ pub struct ConnShared {
     /// The handler has been told of the end (a disconnect message or exception); a
     /// receive after that is a misuse.
     disconnect_delivered: AtomicBool,
-    /// Set to drop the socket at once (the IO task sees it on its next poll).
+    /// Set to drop the socket at once (the driver sees it when woken).
     stopped: AtomicBool,
     pub waiters: Mutex<Waiters>,
     /// Last ping round-trip in microseconds; 0 until a pong came back.
     pub latency_us: AtomicU64,
     /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
     pub last_pong_at: AtomicU64,
-    memberships: Mutex<Vec<Weak<RegistryInner>>>,
+    memberships: Mutex<Vec<Weak<dyn Membership>>>,
 }
 
 impl ConnShared {
-    pub fn new(server: Arc<ServerState>) -> Arc<Self> {
+    pub fn new(id: u64, owner: Arc<dyn Owner>, buffers: Buffers) -> Arc<Self> {
         Arc::new(Self {
-            id: crate::node::next_id(),
-            server,
+            id,
+            owner,
+            buffers,
             inbox: Mutex::new(Inbox {
                 queue: VecDeque::new(),
                 bytes: 0,
@@ -194,10 +187,10 @@ impl ConnShared {
             }),
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
-                tcp: None,
+                socket: None,
             }),
             outbox_bytes: AtomicUsize::new(0),
-            io_waker: AtomicWaker::new(),
+            io_waker: OnceLock::new(),
             flush_listed: AtomicBool::new(false),
             sender_waiting: AtomicBool::new(false),
             io_awaits_receiver: AtomicBool::new(false),
@@ -235,25 +228,21 @@ impl ConnShared {
         self.closed.get().cloned()
     }
 
-    // ---- inbox: IO task → Python ----
+    // ---- inbox: the driver → Python ----
 
     pub fn inbox_is_full(&self) -> bool {
-        self.inbox.lock().bytes >= self.server.config.inbox_limit
+        self.inbox.lock().bytes >= self.buffers.inbox_limit
     }
 
-    /// Called by the IO task for each data message.
-    pub fn deliver(self: &Arc<Self>, message: Incoming) {
+    /// Called by the driver for each data message; returns whether a receive is parked
+    /// on it (the driver then resolves its future).
+    pub fn deliver(&self, message: Incoming) -> bool {
         stats::bump(&counter::messages_received);
         stats::add(&counter::bytes_received, message.len() as u64);
-        let wake = {
-            let mut inbox = self.inbox.lock();
-            inbox.bytes += message.size();
-            inbox.queue.push_back(message);
-            std::mem::take(&mut inbox.receiver_waiting)
-        };
-        if wake {
-            self.server.bridge.push(Event::WakeReceive(self.clone()));
-        }
+        let mut inbox = self.inbox.lock();
+        inbox.bytes += message.size();
+        inbox.queue.push_back(message);
+        std::mem::take(&mut inbox.receiver_waiting)
     }
 
     /// Called by Python: the next message, the end, or `Empty` (and then the caller parks).
@@ -262,7 +251,7 @@ impl ConnShared {
         if let Some(message) = inbox.queue.pop_front() {
             // Wake a reader waiting on a full inbox only once it is half empty, so that it
             // refills in bulk: one cross-thread wake-up per half inbox, not per message.
-            let low_water = self.server.config.inbox_limit / 2;
+            let low_water = self.buffers.inbox_limit / 2;
             let before = inbox.bytes;
             inbox.bytes -= message.size();
             let reader_may_refill = before > low_water && inbox.bytes <= low_water;
@@ -272,7 +261,7 @@ impl ConnShared {
             }
             drop(inbox);
             if reader_may_refill {
-                self.io_waker.wake();
+                self.wake_io();
             }
             return Received::Message(message);
         }
@@ -282,38 +271,35 @@ impl ConnShared {
         inbox.receiver_waiting = true;
         drop(inbox);
         if self.io_awaits_receiver.load(Ordering::Acquire) {
-            self.io_waker.wake();
+            self.wake_io();
         }
         Received::Empty
     }
 
-    /// Called by the IO task: has the handler taken every delivered message and parked on
+    /// Called by the driver: has the handler taken every delivered message and parked on
     /// the next receive? Until it has, the replies to those messages may still come. If
-    /// not, the IO task is woken when it parks.
+    /// not, the driver is woken when it parks.
     pub fn receiver_caught_up(&self) -> bool {
         self.io_awaits_receiver.store(true, Ordering::Release);
         let inbox = self.inbox.lock();
         inbox.queue.is_empty() && inbox.receiver_waiting
     }
 
-    // ---- outbox: Python and registries → the IO task ----
+    // ---- outbox: Python, registries and the driver → the socket ----
 
-    /// Queue a frame; returns the bytes now queued. Counted before a writer can see it,
-    /// so that its `written` never runs first.
-    fn push(&self, frame: OutFrame) -> usize {
+    /// Queue a frame; returns the bytes now queued, and whether the queue was empty
+    /// before it. Counted before a writer can see it, so that its `written` never runs
+    /// first.
+    fn push(&self, frame: OutFrame) -> (usize, bool) {
         let size = frame_size(&frame);
         let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
-        self.outbox.lock().queue.push_back(Outgoing { frame, size });
-        queued
+        let mut outbox = self.outbox.lock();
+        let was_empty = outbox.queue.is_empty();
+        outbox.queue.push_back(Outgoing { frame, size });
+        (queued, was_empty)
     }
 
-    /// Queue a frame and wake the IO task to write it.
-    fn queue(&self, frame: OutFrame) {
-        self.push(frame);
-        self.io_waker.wake();
-    }
-
-    /// Queue a frame sent on the loop thread, without waking the IO task: the caller has
+    /// Queue a frame sent on the loop thread: the caller has
     /// the server flush it (`flush_from_loop`) once the ready handlers have run. Returns
     /// the bytes now queued.
     pub fn enqueue(&self, frame: OutFrame) -> Result<usize, CloseInfo> {
@@ -322,7 +308,7 @@ impl ConnShared {
         }
         stats::bump(&counter::messages_sent);
         stats::add(&counter::bytes_sent, frame.payload.len() as u64);
-        Ok(self.push(frame))
+        Ok(self.push(frame).0)
     }
 
     /// Whether this socket still has to be put on the server's flush list.
@@ -330,47 +316,73 @@ impl ConnShared {
         !self.flush_listed.swap(true, Ordering::AcqRel)
     }
 
-    /// Called on the loop thread: write what handlers queued; what the socket does not
-    /// take now is left to the IO task. A close frame is left to the IO task too.
+    /// Called on the loop thread: write what handlers queued.
     pub fn flush_from_loop(self: &Arc<Self>) {
         self.flush_listed.store(false, Ordering::Release);
-        if !matches!(self.write_queued(false), Ok(Written { more: false, .. })) {
-            self.io_waker.wake();
-        }
+        self.write_now();
     }
 
-    /// Send a control frame of the IO task's own (pong, ping): never refused.
+    /// Write what is queued from this thread, as far as the socket takes it. What a full
+    /// socket leaves is written by the driver when the socket has room (its readiness
+    /// says so, no wake-up needed); a close frame, or a failed socket, is the driver's
+    /// business, so it is woken for those.
+    fn write_now(self: &Arc<Self>) {
+        loop {
+            match self.write_queued(false) {
+                Ok(Written { more: false, .. }) => return,
+                // Partly written: once more, so that a full socket is seen as full.
+                Ok(Written {
+                    more: true,
+                    wrote: true,
+                    ..
+                }) => {}
+                Ok(_) => break,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        self.wake_io();
+    }
+
+    /// Queue a control frame of the driver's own (pong, ping): never refused; the driver
+    /// writes it.
     pub fn enqueue_control(&self, frame: OutFrame) {
-        self.queue(frame);
+        self.push(frame);
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this; it counts
     /// the messages sent once per broadcast, not here per member).
-    pub fn offer(&self, frame: OutFrame, size: usize) -> Offer {
+    pub fn offer(self: &Arc<Self>, frame: OutFrame, size: usize) -> Offer {
         if self.is_closing() {
             return Offer::Ended;
         }
-        let limit = self.server.config.outbox_limit;
+        let limit = self.buffers.outbox_limit;
         let queued = self.outbox_bytes.load(Ordering::Acquire);
         if queued + size > limit && queued > 0 {
             return Offer::Full;
         }
-        self.queue(frame);
+        if self.push(frame).1 {
+            // Nothing was ahead of it: write it from here, no thread woken. Frames ahead
+            // of it are being written by whoever queued them, or wait for the socket to
+            // have room; this one goes with them.
+            self.write_now();
+        }
         Offer::Queued
     }
 
     /// Write the front of the queue with one non-blocking `writev` (up to `BATCH_FRAMES`
     /// frames and `BATCH_BYTES`), drop the frames written and trim a partly written one.
-    /// `through_close` lets the write include a close frame (the IO task's); otherwise it
+    /// `through_close` lets the write include a close frame (the driver's); otherwise it
     /// stops before one. `WouldBlock` means the socket is full; without a socket (before
-    /// or after the IO task runs) nothing is written.
+    /// or after the driver has it) nothing is written.
     pub fn write_queued(self: &Arc<Self>, through_close: bool) -> io::Result<Written> {
         let mut outbox = self.outbox.lock();
-        let Outbox { queue, tcp } = &mut *outbox;
-        let Some(tcp) = tcp else {
+        let Outbox { queue, socket } = &mut *outbox;
+        let Some(socket) = socket else {
             return Ok(Written {
                 close_sent: false,
                 more: !queue.is_empty(),
+                wrote: false,
             });
         };
         let mut slices = [IoSlice::new(&[]); 2 * BATCH_FRAMES];
@@ -389,7 +401,7 @@ impl ConnShared {
         let mut close_sent = false;
         let mut freed = 0;
         if count > 0 {
-            let mut n = tcp.try_write_vectored(&slices[..count])?;
+            let mut n = socket.writev(&slices[..count])?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -420,17 +432,35 @@ impl ConnShared {
         if freed > 0 {
             self.written(freed);
         }
-        Ok(Written { close_sent, more })
+        Ok(Written {
+            close_sent,
+            more,
+            wrote: count > 0,
+        })
     }
 
-    /// Called by the IO task as it starts (`Some`) and ends (`None`): only while it runs
-    /// may the socket be written.
-    pub fn attach_socket(&self, tcp: Option<Arc<TcpStream>>) {
-        self.outbox.lock().tcp = tcp;
+    /// Called by the driver as it takes the socket (`Some`, with the waker that reaches
+    /// it) and as it drops it (`None`): only in between may the socket be written.
+    pub fn attach_socket(&self, socket: Option<Arc<Socket>>, waker: Option<std::task::Waker>) {
+        if let Some(waker) = waker {
+            let _ = self.io_waker.set(waker);
+        }
+        self.outbox.lock().socket = socket;
+    }
+
+    /// A line for Python's `logging`, through the connection's server.
+    pub fn log(&self, level: i32, message: String) {
+        self.owner.log(level, message);
+    }
+
+    fn wake_io(&self) {
+        if let Some(waker) = self.io_waker.get() {
+            waker.wake_by_ref();
+        }
     }
 
     pub fn outbox_over_limit(&self) -> bool {
-        self.outbox_bytes.load(Ordering::Acquire) > self.server.config.outbox_limit
+        self.outbox_bytes.load(Ordering::Acquire) > self.buffers.outbox_limit
     }
 
     /// Called by Python before parking a send: is there room now? If not, ask for a wake-up.
@@ -446,42 +476,37 @@ impl ConnShared {
         false
     }
 
-    /// Called by the IO task after bytes left for the socket.
+    /// Called by a writer after bytes left for the socket.
     pub fn written(self: &Arc<Self>, size: usize) {
         let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
-        if left <= self.server.config.outbox_limit / 2
+        if left <= self.buffers.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
             && self.sender_waiting.swap(false, Ordering::SeqCst)
         {
-            self.server.bridge.push(Event::WakeSend(self.clone()));
+            self.owner.wake(self.clone(), true);
         }
     }
 
-    /// Ask the IO task to send a close frame; the connection counts as ended from now on.
-    /// The IO task drops the socket if the closing handshake takes over `close_timeout`.
+    /// Ask the driver to send a close frame; the connection counts as ended from now on.
+    /// The driver drops the socket if the closing handshake takes over `close_timeout`.
     pub fn close(self: &Arc<Self>, code: u16, reason: &str) {
         if self.end(code, reason) {
             self.outbox.lock().queue.push_back(Outgoing {
                 frame: OutFrame::close(code, reason),
                 size: 0,
             });
-            self.io_waker.wake();
+            self.wake_io();
         }
     }
 
     /// Drop the socket now, without a closing handshake.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.io_waker.wake();
+        self.wake_io();
     }
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Called by the IO task at the start of every poll.
-    pub fn register_io(&self, waker: &std::task::Waker) {
-        self.io_waker.register(waker);
     }
 
     /// Record the end of the connection. Returns true for the one call that ended it.
@@ -504,7 +529,7 @@ impl ConnShared {
                 registry.forget(self.id);
             }
         }
-        self.server.forget(self.id);
+        self.owner.forget(self.id);
         let (wake_receiver, wake_sender) = {
             let mut inbox = self.inbox.lock();
             inbox.ended = true;
@@ -517,12 +542,12 @@ impl ConnShared {
         stats::bump(&counter::connections_closed);
         stats::record_close(code);
         if wake_receiver {
-            self.server.bridge.push(Event::WakeReceive(self.clone()));
+            self.owner.wake(self.clone(), false);
         }
         if wake_sender {
-            self.server.bridge.push(Event::WakeSend(self.clone()));
+            self.owner.wake(self.clone(), true);
         }
-        self.server.bridge.log(
+        self.owner.log(
             LOG_DEBUG,
             format!("connection {} ended with {code} {reason}", self.id),
         );
@@ -533,7 +558,7 @@ impl ConnShared {
 
     /// Remember a registry this connection belongs to, so that `end` can leave it.
     /// Returns false if the connection has already ended.
-    pub fn joined(&self, registry: Weak<RegistryInner>) -> bool {
+    pub fn joined(&self, registry: Weak<dyn Membership>) -> bool {
         let mut memberships = self.memberships.lock();
         if self.is_closing() {
             return false;
@@ -544,7 +569,7 @@ impl ConnShared {
         true
     }
 
-    pub fn left(&self, registry: &Weak<RegistryInner>) {
+    pub fn left(&self, registry: &Weak<dyn Membership>) {
         self.memberships.lock().retain(|r| !r.ptr_eq(registry));
     }
 }

@@ -499,7 +499,7 @@ fn parse_close(payload: &[u8]) -> Result<(u16, String), Violation> {
 }
 
 /// A server frame ready to write: a header and a payload shared with other sockets.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct OutFrame {
     head: [u8; 10],
     head_len: u8,

@@ -1,17 +1,13 @@
-//! Keepalive pings, run inside each connection's IO task: no Python per ping.
+//! Keepalive pings as pure timer logic: instants in, decisions out, no IO and no Python.
 //!
-//! Every `ws_ping_interval` the IO task sends a ping whose payload is the send time, and
-//! records the pong's round-trip as the connection's latency. A ping unanswered for `ws_ping_timeout` ends the connection with
-//! 1011 "keepalive ping timeout".
+//! Every `ws_ping_interval` the connection sends a ping whose payload is its send time,
+//! and a pong carrying it back gives the round-trip. A ping unanswered for
+//! `ws_ping_timeout` ends the connection with 1011 "keepalive ping timeout".
 
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::time::Instant;
-
-use crate::config::ServerConfig;
-use crate::connection::ConnShared;
+use bytes::Bytes;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -22,22 +18,8 @@ fn nanos_since_epoch(at: Instant) -> u64 {
     at.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
-/// Called by the IO task for every pong.
-pub fn pong(shared: &ConnShared, payload: &[u8]) {
-    let now = nanos_since_epoch(Instant::now());
-    if let Ok(sent) = <[u8; 8]>::try_from(payload) {
-        let sent = u64::from_be_bytes(sent);
-        if sent <= now {
-            let micros = ((now - sent) / 1000).max(1);
-            shared.latency_us.store(micros, Ordering::Relaxed);
-            crate::stats::record_rtt(micros);
-        }
-    }
-    shared.last_pong_at.store(now, Ordering::Release);
-}
-
 pub enum Beat {
-    Ping(Vec<u8>),
+    Ping(Bytes),
     TimedOut,
     Idle,
 }
@@ -51,14 +33,13 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn new(config: &ServerConfig) -> Self {
+    pub fn new(interval: Option<Duration>, timeout: Option<Duration>, now: Instant) -> Self {
         // Fix the epoch before the first ping, so that no ping is sent at time zero.
         epoch();
-        let interval = config.ws_ping_interval;
         Self {
             interval,
-            timeout: config.ws_ping_timeout,
-            next_ping: Instant::now() + interval.unwrap_or(Duration::ZERO),
+            timeout,
+            next_ping: now + interval.unwrap_or(Duration::ZERO),
             awaiting: None,
         }
     }
@@ -88,12 +69,18 @@ impl Heartbeat {
         self.awaiting = None;
     }
 
-    pub fn check(&mut self, shared: &ConnShared) -> Beat {
-        let now = Instant::now();
+    /// A pong arrived at `now`: the outstanding ping is answered. Returns the round trip in
+    /// microseconds when the pong carries one of our send times.
+    pub fn pong(&mut self, payload: &[u8], now: Instant) -> Option<u64> {
+        self.awaiting = None;
+        let sent = u64::from_be_bytes(<[u8; 8]>::try_from(payload).ok()?);
+        let now = nanos_since_epoch(now);
+        (sent <= now).then(|| ((now - sent) / 1000).max(1))
+    }
+
+    pub fn check(&mut self, now: Instant) -> Beat {
         if let Some(sent) = self.awaiting {
-            if shared.last_pong_at.load(Ordering::Acquire) > nanos_since_epoch(sent) {
-                self.awaiting = None;
-            } else if self.timeout.is_some_and(|timeout| now >= sent + timeout) {
+            if self.timeout.is_some_and(|timeout| now >= sent + timeout) {
                 return Beat::TimedOut;
             }
         }
@@ -108,7 +95,9 @@ impl Heartbeat {
             return Beat::Idle;
         }
         self.awaiting = Some(now);
-        Beat::Ping(nanos_since_epoch(now).to_be_bytes().to_vec())
+        Beat::Ping(Bytes::copy_from_slice(
+            &nanos_since_epoch(now).to_be_bytes(),
+        ))
     }
 }
 
@@ -116,37 +105,24 @@ impl Heartbeat {
 mod tests {
     use super::*;
 
-    fn config(interval: Option<f64>, timeout: Option<f64>) -> ServerConfig {
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            port: 0,
-            fd: None,
-            backlog: 16,
-            reuse_port: false,
-            ws_max_size: 1 << 20,
-            ws_ping_interval: crate::config::seconds(interval),
-            ws_ping_timeout: crate::config::seconds(timeout),
-            max_connections: None,
-            allowed_origins: None,
-            outbox_limit: 1 << 20,
-            inbox_limit: 256 * 1024,
-            http_max_body: 1 << 20,
-            close_timeout: Duration::from_secs(1),
-            server_header: true,
-            date_header: true,
-        }
+    fn beat(interval: Option<u64>, timeout: Option<u64>) -> Heartbeat {
+        Heartbeat::new(
+            interval.map(Duration::from_secs),
+            timeout.map(Duration::from_secs),
+            Instant::now(),
+        )
     }
 
     #[test]
     fn disabled_heartbeat_never_wakes() {
-        let beat = Heartbeat::new(&config(None, Some(20.0)));
+        let beat = beat(None, Some(20));
         assert!(beat.next_check().is_none());
         assert!(beat.write_deadline().is_none());
     }
 
     #[test]
     fn a_disabled_heartbeat_no_longer_bounds_the_closing_write() {
-        let mut beat = Heartbeat::new(&config(Some(10.0), Some(5.0)));
+        let mut beat = beat(Some(10), Some(5));
         beat.awaiting = Some(Instant::now() - Duration::from_secs(60));
         beat.disable();
         assert!(beat.write_deadline().is_none());
@@ -155,11 +131,23 @@ mod tests {
 
     #[test]
     fn write_deadline_follows_the_outstanding_ping() {
-        let mut beat = Heartbeat::new(&config(Some(10.0), Some(5.0)));
+        let mut beat = beat(Some(10), Some(5));
         let idle_deadline = beat.write_deadline().unwrap();
         assert!(idle_deadline >= beat.next_ping + Duration::from_secs(5));
         let sent = Instant::now();
         beat.awaiting = Some(sent);
         assert_eq!(beat.write_deadline(), Some(sent + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_pong_without_our_payload_still_answers_the_ping() {
+        let mut beat = beat(Some(10), Some(5));
+        let now = Instant::now();
+        beat.awaiting = Some(now);
+        assert_eq!(beat.pong(b"unsolicited", now), None);
+        assert!(matches!(
+            beat.check(now + Duration::from_secs(6)),
+            Beat::Idle
+        ));
     }
 }

@@ -22,13 +22,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
 
-use crate::connection::{frame_size, ConnShared, Offer};
+use crate::connection::{frame_size, ConnShared, Membership, Offer};
+use crate::convert::{bytes_of, text_of};
 use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
 use crate::node;
 use crate::pubsub::{self, LocalMembers, Notice, QueryError};
 use crate::stats::{self, counter};
-use crate::websocket::{bytes_of, text_of, Connection};
+use crate::websocket::Connection;
 
 /// Room names travel in a 16-bit length field when a backend carries them.
 const MAX_ROOM_NAME: usize = u16::MAX as usize;
@@ -100,15 +101,17 @@ pub struct RegistryInner {
     backend: OnceLock<Arc<pubsub::Link>>,
 }
 
-impl RegistryInner {
+impl Membership for RegistryInner {
     /// Called by a connection as it ends.
-    pub fn forget(&self, id: u64) {
+    fn forget(&self, id: u64) {
         let removed = self.members.lock().remove(id);
         if let Some((_, emptied)) = removed {
             self.rooms_closed(&emptied);
         }
     }
+}
 
+impl RegistryInner {
     fn rooms_closed(&self, rooms: &[String]) {
         if let Some(backend) = self.backend.get() {
             rooms.iter().for_each(|room| backend.room_closed(room));
@@ -226,13 +229,17 @@ impl Registry {
         Arc::downgrade(&self.inner)
     }
 
+    fn membership(&self) -> Weak<dyn Membership> {
+        self.weak()
+    }
+
     fn add_member(&self, conn: &Connection) -> bool {
         let shared = conn.shared();
         let mut members = self.inner.members.lock();
         if members.by_id.contains_key(&shared.id) {
             return true;
         }
-        if !shared.joined(self.weak()) {
+        if !shared.joined(self.membership()) {
             return false;
         }
         members.by_id.insert(
@@ -345,7 +352,7 @@ impl Registry {
         let id = conn.shared().id;
         let removed = self.inner.members.lock().remove(id);
         if let Some((_, emptied)) = removed {
-            conn.shared().left(&self.weak());
+            conn.shared().left(&self.membership());
             self.inner.rooms_closed(&emptied);
         }
     }

@@ -2,15 +2,15 @@
 //!
 //! Each TCP connection is served by hyper. A WebSocket upgrade on a known route is checked
 //! (malformed → 400, Python never sees it), then queued to Python and held open until the
-//! handler accepts (101, then the socket moves to `stream::run`) or refuses (403). HTTP
-//! requests are queued to Python and answered through a oneshot. `drain` runs queued events
-//! on the loop thread; IO threads never take the GIL.
+//! handler accepts (101, then the socket moves to the loop thread's `Poller`) or refuses
+//! (403). HTTP requests are queued to Python and answered through a oneshot. `drain` runs
+//! queued events on the loop thread; IO threads never take the GIL.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,65 +21,73 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Bridge, Event, LOG_INFO, LOG_WARNING};
+use crate::bridge::{Bridge, LOG_INFO, LOG_WARNING};
 use crate::config::{seconds, ServerConfig};
-use crate::connection::{ConnShared, Decision, Handshake};
+use crate::connection::{Buffers, ConnShared, Owner};
+use crate::eventloop::LoopHooks;
+use crate::handshake::{self, has_token, Decision, Handshake};
 use crate::http::{HttpRequest, PendingRequest, Reply};
+use crate::poller::{self, Poller};
+use crate::protocol::Limits;
 use crate::router::{percent_decode, Routes};
+use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
 use crate::websocket::Connection;
 
 type Body = Full<Bytes>;
 
+/// What the server's threads tell the loop thread (`Server.drain` runs them).
+pub enum Event {
+    /// A WebSocket handshake waiting for its handler to accept or refuse it.
+    WebSocket(Arc<ConnShared>, Box<Handshake>),
+    /// An HTTP request waiting for its response.
+    Http(Box<PendingRequest>),
+    /// A parked `receive_*` may now finish: a message arrived or the connection ended.
+    WakeReceive(Arc<ConnShared>),
+    /// A parked `send_*` may now finish: the outbox drained or the connection ended.
+    WakeSend(Arc<ConnShared>),
+    /// A line for Python's `logging` (level as in `logging`, e.g. 30 = WARNING).
+    Log(i32, String),
+}
+
 /// What the IO side of one server shares: settings, routes, the bridge, the live sockets.
 pub struct ServerState {
     pub config: ServerConfig,
-    pub bridge: Bridge,
+    bridge: Bridge<Event>,
     routes: Routes,
-    create_future: OnceLock<Py<PyAny>>,
-    /// `loop.call_soon` and this server's `flush`, to schedule a flush of sends.
-    schedule_flush: OnceLock<(Py<PyAny>, Py<PyAny>)>,
-    /// Sockets with frames sent from the loop thread since the last flush.
-    to_flush: Mutex<Vec<Arc<ConnShared>>>,
+    hooks: Arc<LoopHooks>,
     live: Mutex<HashMap<u64, Arc<ConnShared>>>,
     shutdown: CancellationToken,
+    /// Reads and writes the upgraded sockets, on the loop thread.
+    poller: Arc<Poller>,
 }
 
 impl ServerState {
-    pub fn forget(&self, id: u64) {
+    fn log(&self, level: i32, message: String) {
+        self.bridge.push(Event::Log(level, message));
+    }
+}
+
+impl Owner for ServerState {
+    fn wake(&self, conn: Arc<ConnShared>, send: bool) {
+        self.bridge.push(if send {
+            Event::WakeSend(conn)
+        } else {
+            Event::WakeReceive(conn)
+        });
+    }
+
+    fn log(&self, level: i32, message: String) {
+        ServerState::log(self, level, message);
+    }
+
+    fn forget(&self, id: u64) {
         self.live.lock().remove(&id);
-    }
-
-    /// A send on the loop thread queued a frame on `conn`: flush it from the loop thread
-    /// once the ready handlers have run, so that their sends share one `writev` per socket
-    /// and no IO thread is woken for them.
-    pub fn want_flush(&self, py: Python<'_>, conn: &Arc<ConnShared>) -> PyResult<()> {
-        let first = {
-            let mut to_flush = self.to_flush.lock();
-            to_flush.push(conn.clone());
-            to_flush.len() == 1
-        };
-        if first {
-            if let Some((call_soon, flush)) = self.schedule_flush.get() {
-                call_soon.call1(py, (flush,))?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let create = self
-            .create_future
-            .get()
-            .ok_or_else(|| PyOSError::new_err("the server has not been started"))?;
-        create.bind(py).call0()
     }
 }
 
@@ -148,15 +156,20 @@ impl Server {
             server_header,
             date_header,
         };
+        let poller = Poller::new(Limits {
+            max_size: config.ws_max_size,
+            ping_interval: config.ws_ping_interval,
+            ping_timeout: config.ws_ping_timeout,
+            close_timeout: config.close_timeout,
+        })?;
         let state = ServerState {
             config,
             bridge: Bridge::new()?,
             routes,
-            create_future: OnceLock::new(),
-            schedule_flush: OnceLock::new(),
-            to_flush: Mutex::new(Vec::new()),
+            hooks: Arc::new(LoopHooks::default()),
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            poller,
         };
         Ok(Self {
             state: Arc::new(state),
@@ -169,28 +182,46 @@ impl Server {
         })
     }
 
-    /// Start listening; `create_future` and `call_soon` are the event loop's.
+    /// Start listening; `create_future`, `call_soon` and `call_later` are the event
+    /// loop's.
     fn start(
         slf: &Bound<'_, Self>,
         create_future: Py<PyAny>,
         call_soon: Py<PyAny>,
+        call_later: Py<PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.state.create_future.set(create_future).is_err() {
-            return Err(PyOSError::new_err("the server was already started"));
-        }
         let flush = slf.getattr("flush")?.unbind();
-        let _ = this.state.schedule_flush.set((call_soon, flush));
+        this.state.hooks.set(create_future, call_soon, flush)?;
+        let on_timer = slf.getattr("on_timer")?.unbind();
+        this.state.poller.set_timer(call_later, on_timer);
         this.listen(py)
+    }
+
+    /// Serve the sockets that are ready (the loop calls it when `poll_fd` is readable).
+    fn poll(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.poller.poll(py)
+    }
+
+    /// Run the heartbeats and closing deadlines that are due (armed with `call_later`).
+    fn on_timer(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.poller.on_timer(py)
+    }
+
+    #[getter]
+    fn poll_fd(&self) -> i32 {
+        self.state.poller.fd()
+    }
+
+    /// Drop every socket still open: the loop that drives them is going away.
+    fn stop(&self) {
+        self.state.poller.stop_all();
     }
 
     /// Write what handlers sent since the last flush (scheduled by the engine).
     fn flush(&self) {
-        let to_flush = std::mem::take(&mut *self.state.to_flush.lock());
-        for conn in to_flush {
-            conn.flush_from_loop();
-        }
+        self.state.hooks.flush();
     }
 
     #[getter]
@@ -245,9 +276,7 @@ impl Server {
             runtime.spawn(async move {
                 match TcpListener::from_std(listener) {
                     Ok(listener) => accept_loop(listener, state).await,
-                    Err(error) => state
-                        .bridge
-                        .log(LOG_WARNING, format!("cannot listen: {error}")),
+                    Err(error) => state.log(LOG_WARNING, format!("cannot listen: {error}")),
                 }
             })
         });
@@ -260,7 +289,8 @@ impl Server {
             Event::WakeSend(conn) => resolve(py, conn.waiters.lock().send.take()),
             Event::WebSocket(shared, handshake) => {
                 let route_id = handshake.route_id;
-                let conn = Py::new(py, Connection::new(shared, *handshake))?;
+                let hooks = self.state.hooks.clone();
+                let conn = Py::new(py, Connection::new(shared, *handshake, hooks))?;
                 self.on_websocket.call1(py, (route_id, conn))?;
                 Ok(())
             }
@@ -278,15 +308,8 @@ impl Server {
     }
 }
 
-/// Finish a parked awaitable's future, unless its task was cancelled meanwhile.
 fn resolve(py: Python<'_>, future: Option<Py<PyAny>>) -> PyResult<()> {
-    if let Some(future) = future {
-        let future = future.bind(py);
-        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            future.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
-    }
-    Ok(())
+    future.map_or(Ok(()), |future| poller::resolve(py, future))
 }
 
 fn bind(config: &ServerConfig) -> PyResult<std::net::TcpListener> {
@@ -341,9 +364,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
             }
             Err(error) => {
                 // Out of file descriptors or similar: say so, back off, keep serving.
-                state
-                    .bridge
-                    .log(LOG_WARNING, format!("accept failed: {error}"));
+                state.log(LOG_WARNING, format!("accept failed: {error}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -394,15 +415,6 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
 
 fn address(addr: SocketAddr) -> (String, u16) {
     (addr.ip().to_string(), addr.port())
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
 }
 
 async fn handle(
@@ -469,71 +481,10 @@ fn log_request(
     status: u16,
     why: &str,
 ) {
-    state.bridge.log(
+    state.log(
         LOG_INFO,
         format!("{peer} - \"{method} {path} HTTP/1.1\" {status} ({why})"),
     );
-}
-
-/// Why a WebSocket handshake is malformed, per RFC 6455 section 4.2.1.
-fn handshake_problem(request: &Request<Incoming>) -> Option<&'static str> {
-    let headers = request.headers();
-    if request.method() != hyper::Method::GET {
-        return Some("the WebSocket handshake must be a GET request");
-    }
-    if request.version() < hyper::Version::HTTP_11 {
-        return Some("the WebSocket handshake needs HTTP/1.1 or later");
-    }
-    if !headers.contains_key(header::HOST) {
-        return Some("missing Host header");
-    }
-    if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Some("missing \"Connection: Upgrade\"");
-    }
-    if headers.get_all(header::ORIGIN).iter().count() > 1 {
-        return Some("more than one Origin header");
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return Some("unsupported or missing Sec-WebSocket-Version (13 is required)");
-    }
-    match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if valid_key(key.as_bytes()) => None,
-        _ => Some("missing or invalid Sec-WebSocket-Key"),
-    }
-}
-
-/// A key is the base64 of 16 bytes: 22 base64 characters and "==".
-fn valid_key(key: &[u8]) -> bool {
-    key.len() == 24
-        && key.ends_with(b"==")
-        && key[..22]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-}
-
-fn origin_allowed(config: &ServerConfig, headers: &HeaderMap) -> bool {
-    let Some(allowed) = &config.allowed_origins else {
-        return true;
-    };
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .unwrap_or("");
-    allowed.iter().any(|a| a == "*" || a == origin)
-}
-
-fn subprotocols(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -546,7 +497,7 @@ async fn websocket_handshake(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
-    if let Some(problem) = handshake_problem(&request) {
+    if let Some(problem) = handshake::problem(&request) {
         stats::record_refusal(Refusal::BadRequest);
         log_request(state, peer, "GET", &path, 400, problem);
         let mut response = text_response(StatusCode::BAD_REQUEST, "Bad Request");
@@ -556,7 +507,7 @@ async fn websocket_handshake(
         );
         return response;
     }
-    if !origin_allowed(&state.config, request.headers()) {
+    if !handshake::origin_allowed(state.config.allowed_origins.as_deref(), request.headers()) {
         stats::record_refusal(Refusal::ForbiddenOrigin);
         log_request(state, peer, "GET", &path, 403, "origin not allowed");
         return text_response(StatusCode::FORBIDDEN, "Forbidden");
@@ -570,13 +521,15 @@ async fn websocket_handshake(
         log_request(state, peer, "GET", &path, 503, "max_connections reached");
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
-    let accept_key = derive_accept_key(
-        request
-            .headers()
-            .get(header::SEC_WEBSOCKET_KEY)
-            .map_or(&b""[..], |k| k.as_bytes()),
-    );
-    let shared = ConnShared::new(state.clone());
+    let key = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map_or(Vec::new(), |k| k.as_bytes().to_vec());
+    let buffers = Buffers {
+        inbox_limit: state.config.inbox_limit,
+        outbox_limit: state.config.outbox_limit,
+    };
+    let shared = ConnShared::new(crate::node::next_id(), state.clone(), buffers);
     let (decision_tx, decision_rx) = oneshot::channel();
     let handshake = Handshake {
         route_id,
@@ -587,7 +540,7 @@ async fn websocket_handshake(
         client: address(peer),
         server: address(local),
         path_params,
-        subprotocols: subprotocols(request.headers()),
+        subprotocols: handshake::subprotocols(request.headers()),
         decision: decision_tx,
     };
     stats::bump(&counter::connections_opened);
@@ -618,7 +571,7 @@ async fn websocket_handshake(
                 }
                 None => text_response(status, status.canonical_reason().unwrap_or("")),
             };
-            append_headers(response.headers_mut(), headers);
+            handshake::append_headers(response.headers_mut(), headers);
             response
         }
         Decision::Accept {
@@ -627,51 +580,31 @@ async fn websocket_handshake(
         } => {
             stats::bump(&counter::handshakes_accepted);
             let connection = shared.clone();
+            let poller = state.poller.clone();
             tokio::spawn(async move {
                 // The socket comes back from hyper as the TCP stream it accepted, with
                 // whatever hyper read past the handshake.
-                match upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-                    Ok(Ok(parts)) => {
-                        let tcp = parts.io.into_inner();
-                        crate::stream::run(connection, tcp, parts.read_buf).await;
-                    }
-                    _ => {
+                let socket = match upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+                    Ok(Ok(parts)) => parts
+                        .io
+                        .into_inner()
+                        .into_std()
+                        .and_then(|tcp| Socket::new(tcp.into()))
+                        .map(|socket| (socket, parts.read_buf)),
+                    _ => Err(std::io::ErrorKind::Unsupported.into()),
+                };
+                match socket {
+                    // From here on the loop thread reads and writes it.
+                    Ok((socket, read_ahead)) => poller.adopt(connection, socket, read_ahead),
+                    Err(_) => {
                         connection.end(1006, "the upgrade failed");
                     }
                 }
             });
-            switching_protocols(&accept_key, subprotocol, headers)
-        }
-    }
-}
-
-fn switching_protocols(
-    accept_key: &str,
-    subprotocol: Option<String>,
-    extra: Vec<(String, String)>,
-) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(accept_key) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
-    if let Some(value) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
-    }
-    append_headers(headers, extra);
-    response
-}
-
-fn append_headers(headers: &mut HeaderMap, extra: Vec<(String, String)>) {
-    for (name, value) in extra {
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.append(name, value);
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            handshake::accept_headers(response.headers_mut(), &key, subprotocol, headers);
+            response
         }
     }
 }
@@ -718,22 +651,9 @@ async fn http_request(
             let mut response = Response::new(Full::new(body));
             *response.status_mut() =
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            append_headers(response.headers_mut(), headers);
+            handshake::append_headers(response.headers_mut(), headers);
             response
         }
         Err(_) => text_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_key;
-
-    #[test]
-    fn handshake_keys_must_be_sixteen_base64_bytes() {
-        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ"));
-        assert!(!valid_key(b"not a key at all, no....=="));
-        assert!(!valid_key(b""));
     }
 }

@@ -9,20 +9,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
+use pyo3::types::{PyDict, PyString};
 use tokio::sync::oneshot;
 
 use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
-use crate::connection::{ConnShared, Decision, Handshake};
+use crate::connection::ConnShared;
+use crate::convert::{bytes_of, text_of};
+use crate::eventloop::LoopHooks;
 use crate::frame::OutFrame;
+use crate::handshake::{Decision, Handshake};
 use crate::stats::Refusal;
-
-/// Text at least this long is sent from the Python string's own UTF-8 buffer instead of
-/// a copy; below it, copying is cheaper than keeping the string.
-const BORROW_AT: usize = 4096;
 
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
@@ -32,6 +30,7 @@ const RESPONSE: u8 = 3;
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Connection {
     shared: Arc<ConnShared>,
+    hooks: Arc<LoopHooks>,
     #[pyo3(get)]
     route_id: usize,
     #[pyo3(get)]
@@ -57,9 +56,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(shared: Arc<ConnShared>, handshake: Handshake) -> Self {
+    pub fn new(shared: Arc<ConnShared>, handshake: Handshake, hooks: Arc<LoopHooks>) -> Self {
         Self {
             shared,
+            hooks,
             route_id: handshake.route_id,
             path: handshake.path,
             query_string: handshake.query_string,
@@ -113,7 +113,12 @@ impl Connection {
                 "Cannot call \"receive\" once a disconnect message has been received.",
             ));
         }
-        let op = Op::new(self.shared.clone(), kind, self.fairness_yield());
+        let op = Op::new(
+            self.shared.clone(),
+            &self.hooks,
+            kind,
+            self.fairness_yield(),
+        );
         Ok(Py::new(py, op)?.into_any())
     }
 
@@ -121,16 +126,16 @@ impl Connection {
         self.require_accepted()?;
         let queued = self.shared.enqueue(frame);
         if queued.is_ok() && self.shared.needs_flush() {
-            self.shared.server.want_flush(py, &self.shared)?;
+            self.hooks.want_flush(py, &self.shared)?;
         }
         match queued {
             Err(info) => Err(disconnect_error(py, &info)),
-            Ok(queued) if queued > self.shared.server.config.outbox_limit => {
-                let op = Op::new(self.shared.clone(), OpKind::SendDrain, false);
+            Ok(queued) if queued > self.shared.buffers.outbox_limit => {
+                let op = Op::new(self.shared.clone(), &self.hooks, OpKind::SendDrain, false);
                 Ok(Py::new(py, op)?.into_any())
             }
             Ok(_) if self.fairness_yield() => {
-                let op = Op::new(self.shared.clone(), OpKind::Yield, true);
+                let op = Op::new(self.shared.clone(), &self.hooks, OpKind::Yield, true);
                 Ok(Py::new(py, op)?.into_any())
             }
             Ok(_) => done(py),
@@ -327,37 +332,4 @@ impl Connection {
     fn __repr__(&self) -> String {
         format!("<Connection {} {}>", self.shared.id, self.path)
     }
-}
-
-/// The UTF-8 bytes of a `str`. Long text is not copied: the `Bytes` keeps the (immutable)
-/// Python string alive and points into its UTF-8 buffer.
-pub fn text_of(data: &Bound<'_, PyString>) -> PyResult<Bytes> {
-    let text = data.extract::<PyBackedStr>()?;
-    Ok(if text.len() >= BORROW_AT {
-        Bytes::from_owner(text)
-    } else {
-        Bytes::copy_from_slice(text.as_bytes())
-    })
-}
-
-/// The bytes of a `bytes`, `bytearray` or `memoryview`, copied once.
-pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Bytes> {
-    if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
-    }
-    if let Ok(array) = data.cast::<PyByteArray>() {
-        return Ok(array.to_vec().into());
-    }
-    if data.hasattr("tobytes")? {
-        return Ok(data
-            .call_method0("tobytes")?
-            .cast::<PyBytes>()?
-            .as_bytes()
-            .to_vec()
-            .into());
-    }
-    Err(PyTypeError::new_err(format!(
-        "expected bytes, bytearray or memoryview, got {}",
-        data.get_type().name()?
-    )))
 }

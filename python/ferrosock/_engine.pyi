@@ -49,15 +49,34 @@ class Server:
         the event-loop thread (from ``drain``) with the route id and the new object;
         ``on_log`` with a ``logging`` level and a message the IO threads produced. Every
         setting is required: their defaults live in ``ferrosock.config.Config`` only."""
-    def start(self, create_future: Callable[[], Any], call_soon: Callable[..., Any]) -> None:
-        """Bind and start serving. ``create_future`` and ``call_soon`` are the running
-        loop's: the first is called only when an awaitable must park, the second schedules
-        ``flush`` once per round of sends."""
+    def start(
+        self,
+        create_future: Callable[[], Any],
+        call_soon: Callable[..., Any],
+        call_later: Callable[..., Any],
+    ) -> None:
+        """Bind and start serving. ``create_future``, ``call_soon`` and ``call_later`` are
+        the running loop's: the first is called only when an awaitable must park, the
+        second schedules ``flush`` once per round of sends, the third arms ``on_timer``
+        for the earliest heartbeat or closing deadline."""
     @property
     def port(self) -> int: ...
     @property
     def ready_fd(self) -> int:
         """The eventfd the loop watches with ``add_reader(ready_fd, drain)``."""
+    @property
+    def poll_fd(self) -> int:
+        """The epoll descriptor of the upgraded sockets: the loop watches it with
+        ``add_reader(poll_fd, poll)``."""
+    def poll(self) -> None:
+        """Read, decode and write every WebSocket that is ready; resolve the receives that
+        can finish. Call on the loop thread only."""
+    def on_timer(self) -> None:
+        """Send the pings and end the closing handshakes that are due (armed by the engine
+        with ``call_later``)."""
+    def stop(self) -> None:
+        """Drop every socket still open (their connections end with 1006): the loop that
+        drives them is going away."""
     def flush(self) -> None:
         """Write what handlers sent since the last flush, one ``writev`` per socket.
         Scheduled by the engine on the loop thread; nothing else needs to call it."""

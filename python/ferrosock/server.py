@@ -1,7 +1,9 @@
 """Runs an ``App`` on the engine: the event-loop side of the bridge.
 
-``Server.serve`` starts the engine, watches its eventfd with ``loop.add_reader`` (one
-callback drains every ready event), runs a task per WebSocket and per HTTP request, and on
+``Server.serve`` starts the engine, watches its two descriptors with ``loop.add_reader``
+(``ready_fd``: one callback drains every event the engine's threads queued; ``poll_fd``:
+one callback serves every WebSocket that is ready to read or write), runs a task per
+WebSocket and per HTTP request, and on
 shutdown closes every socket with 1001 and gives handlers ``graceful_shutdown_timeout`` to
 finish.
 """
@@ -71,6 +73,8 @@ class Server:
                         await self._shutdown(engine)
                     finally:
                         loop.remove_reader(engine.ready_fd)
+                        loop.remove_reader(engine.poll_fd)
+                        engine.stop()
         except BaseException as error:
             self.error = error
             raise
@@ -96,8 +100,9 @@ class Server:
         engine = _engine.Server(
             table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
         )
-        engine.start(loop.create_future, loop.call_soon)
+        engine.start(loop.create_future, loop.call_soon, loop.call_later)
         loop.add_reader(engine.ready_fd, engine.drain)
+        loop.add_reader(engine.poll_fd, engine.poll)
         self.port = engine.port
         return engine
 
