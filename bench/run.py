@@ -291,7 +291,10 @@ def peer_servers(peer_python: str) -> list[Server]:
     ]
 
 
-def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
+def ferrosock_servers(python: str | None, why_not: str, build: str = "") -> list[Server]:
+    """ferrosock under `python`; with `build` (e.g. "before"), named apart so that two
+    builds can be measured in one run."""
+
     def run(app: str) -> list[str]:
         return [
             "{python}",
@@ -306,13 +309,18 @@ def ferrosock_servers(python: str | None, why_not: str) -> list[Server]:
             "4096",
         ]
 
+    suffix, note = (f"-{build}", f", {build}") if build else ("", "")
     servers = [
         Server(
-            "ferrosock", "ferrosock (docs' Python manager)", python, run("app"), is_ferrosock=True
+            f"ferrosock{suffix}",
+            f"ferrosock (docs' Python manager{note})",
+            python,
+            run("app"),
+            is_ferrosock=True,
         ),
         Server(
-            "ferrosock-native",
-            "ferrosock (native manager)",
+            f"ferrosock-native{suffix}",
+            f"ferrosock (native manager{note})",
             python,
             run("native_app"),
             workloads=("broadcast-100", "broadcast-1000", "broadcast-cluster-1000"),
@@ -1377,6 +1385,11 @@ def main() -> int:
         "--ferrosock-python", help="interpreter that imports ferrosock (default: found)"
     )
     parser.add_argument(
+        "--baseline-python",
+        help="also run the ferrosock this interpreter imports, as ferrosock-before "
+        "(a build to compare with in the same run)",
+    )
+    parser.add_argument(
         "--peer-python", default=str(VENV / "bin" / "python"), help="interpreter with the peers"
     )
     parser.add_argument(
@@ -1413,6 +1426,9 @@ def main() -> int:
 
     ferrosock_python, where = find_ferrosock_python(options.ferrosock_python)
     servers = ferrosock_servers(ferrosock_python, where)
+    if options.baseline_python:
+        before, why = find_ferrosock_python(options.baseline_python)
+        servers += ferrosock_servers(before, why, build="before")
     if not options.quick:
         # The baseline first, then ferrosock and the limit, then the other peers: if the
         # time budget runs out, what goes unmeasured is the least needed.

@@ -326,7 +326,7 @@ impl ConnShared {
     /// socket leaves is written by the driver when the socket has room (its readiness
     /// says so, no wake-up needed); a close frame, or a failed socket, is the driver's
     /// business, so it is woken for those.
-    fn write_now(self: &Arc<Self>) {
+    pub fn write_now(self: &Arc<Self>) {
         loop {
             match self.write_queued(false) {
                 Ok(Written { more: false, .. }) => return,
@@ -351,7 +351,9 @@ impl ConnShared {
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this; it counts
-    /// the messages sent once per broadcast, not here per member).
+    /// the messages sent once per broadcast, not here per member). `Offer::First` means
+    /// nothing was queued before it: the caller writes it (`write_now`), once for all it
+    /// offered in a burst.
     pub fn offer(self: &Arc<Self>, frame: OutFrame, size: usize) -> Offer {
         if self.is_closing() {
             return Offer::Ended;
@@ -362,10 +364,10 @@ impl ConnShared {
             return Offer::Full;
         }
         if self.push(frame).1 {
-            // Nothing was ahead of it: write it from here, no thread woken. Frames ahead
-            // of it are being written by whoever queued them, or wait for the socket to
-            // have room; this one goes with them.
-            self.write_now();
+            // Nothing was ahead of it: the caller writes it, no thread woken. Frames
+            // ahead of it are being written by whoever queued them, or wait for the
+            // socket to have room; this one goes with them.
+            return Offer::First;
         }
         Offer::Queued
     }
@@ -400,7 +402,10 @@ impl ConnShared {
         }
         let mut close_sent = false;
         let mut freed = 0;
-        if count > 0 {
+        if count == 0 {
+            // Nothing new: what TLS still holds of earlier frames goes first.
+            socket.flush()?;
+        } else {
             let mut n = socket.writev(&slices[..count])?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
@@ -427,7 +432,7 @@ impl ConnShared {
         if queue.is_empty() && queue.capacity() > IDLE_QUEUE_CAPACITY {
             queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
-        let more = !queue.is_empty();
+        let more = !queue.is_empty() || socket.has_pending();
         drop(outbox);
         if freed > 0 {
             self.written(freed);
@@ -582,6 +587,8 @@ fn lost() -> CloseInfo {
 }
 
 pub enum Offer {
+    /// Queued first: the offerer writes it.
+    First,
     Queued,
     Full,
     Ended,

@@ -231,7 +231,7 @@ mod tests {
         accept_headers(&mut headers, b"dGhlIHNhbXBsZSBub25jZQ==", None, Vec::new());
         assert_eq!(
             headers["sec-websocket-accept"],
-            "s3pPLMBiTxaQ9kCsGKCFy8pUk2s="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }

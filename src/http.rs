@@ -28,6 +28,8 @@ pub struct PendingRequest {
     pub path_params: Vec<(String, String)>,
     pub body: Bytes,
     pub reply: oneshot::Sender<Reply>,
+    /// "http" or "https".
+    pub scheme: &'static str,
 }
 
 #[pyclass(frozen, module = "ferrosock._engine")]
@@ -49,6 +51,7 @@ pub struct HttpRequest {
     path_params: Vec<(String, String)>,
     body: Bytes,
     reply: Mutex<Option<oneshot::Sender<Reply>>>,
+    scheme: &'static str,
 }
 
 impl From<PendingRequest> for HttpRequest {
@@ -64,6 +67,7 @@ impl From<PendingRequest> for HttpRequest {
             path_params: request.path_params,
             body: request.body,
             reply: Mutex::new(Some(request.reply)),
+            scheme: request.scheme,
         }
     }
 }
@@ -72,7 +76,7 @@ impl From<PendingRequest> for HttpRequest {
 impl HttpRequest {
     #[getter]
     fn scheme(&self) -> &'static str {
-        "http"
+        self.scheme
     }
 
     #[getter]

@@ -23,6 +23,7 @@ mod runtime;
 mod server;
 mod socket;
 mod stats;
+mod tls;
 mod websocket;
 
 use pyo3::prelude::*;
@@ -73,5 +74,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<awaitable::Done>()?;
     module.add_function(wrap_pyfunction!(engine_stats, module)?)?;
     module.add_function(wrap_pyfunction!(engine_metrics, module)?)?;
+    module.add_function(wrap_pyfunction!(server::check_tls, module)?)?;
     Ok(())
 }

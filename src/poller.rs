@@ -490,7 +490,7 @@ impl Session {
             match read {
                 Ok(0) => self.protocol.peer_gone(&mut |action| actions.push(action)),
                 // A short read drained the socket: the next edge says when there is more.
-                Ok(n) if n < asked => self.readable = false,
+                Ok(n) if n < asked && self.socket.short_read_drains() => self.readable = false,
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}

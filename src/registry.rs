@@ -118,18 +118,28 @@ impl RegistryInner {
         }
     }
 
-    fn deliver(&self, delivery: Delivery) {
+    fn deliver(&self, delivery: Delivery, to_write: &mut Vec<Arc<ConnShared>>) {
         self.offer(
             &delivery.frame,
             delivery.size,
             &delivery.target,
             delivery.exclude,
+            to_write,
         );
         self.backlog.fetch_sub(delivery.size, Ordering::AcqRel);
     }
 
-    /// Offer one frame to the members `target` names, by the slow-consumer policy.
-    fn offer(&self, frame: &OutFrame, size: usize, target: &Target, exclude: Option<u64>) {
+    /// Offer one frame to the members `target` names, by the slow-consumer policy. The
+    /// members whose outbox it was first in are added to `to_write`: the caller writes
+    /// each of them once, after all it offered in a burst (`write_offered`).
+    fn offer(
+        &self,
+        frame: &OutFrame,
+        size: usize,
+        target: &Target,
+        exclude: Option<u64>,
+        to_write: &mut Vec<Arc<ConnShared>>,
+    ) {
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
         let mut dropped = 0;
@@ -140,6 +150,10 @@ impl RegistryInner {
                     return;
                 }
                 match conn.offer(frame.clone(), size) {
+                    Offer::First => {
+                        delivered += 1;
+                        to_write.push(conn.clone());
+                    }
                     Offer::Queued => delivered += 1,
                     Offer::Ended => {}
                     Offer::Full => match self.policy {
@@ -179,9 +193,18 @@ impl RegistryInner {
     }
 }
 
+/// Write the members a burst of offers reached, one `writev` each for all it queued.
+fn write_offered(to_write: &mut Vec<Arc<ConnShared>>) {
+    for conn in to_write.drain(..) {
+        conn.write_now();
+    }
+}
+
 impl LocalMembers for RegistryInner {
     fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>) {
-        self.offer(&frame, frame_size(&frame), target, exclude);
+        let mut to_write = Vec::new();
+        self.offer(&frame, frame_size(&frame), target, exclude, &mut to_write);
+        write_offered(&mut to_write);
     }
 
     fn answer(&self, query: Query, room: Option<&str>) -> Vec<u64> {
@@ -201,16 +224,26 @@ impl LocalMembers for RegistryInner {
     }
 }
 
+/// Deliveries offered before the members are written: a burst of broadcasts costs one
+/// `writev` per member, not one per message, and the first message waits for at most
+/// this many others.
+const BURST: usize = 64;
+
 async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiver<Delivery>) {
+    let mut to_write = Vec::new();
     while let Some(delivery) = queue.recv().await {
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        registry.deliver(delivery);
-        // Deliver whatever else is already queued before yielding to other tasks.
-        while let Ok(delivery) = queue.try_recv() {
-            registry.deliver(delivery);
+        registry.deliver(delivery, &mut to_write);
+        // Deliver whatever else is already queued before writing and yielding.
+        for _ in 1..BURST {
+            match queue.try_recv() {
+                Ok(delivery) => registry.deliver(delivery, &mut to_write),
+                Err(_) => break,
+            }
         }
+        write_offered(&mut to_write);
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Bridge, LOG_INFO, LOG_WARNING};
+use crate::bridge::{Bridge, LOG_DEBUG, LOG_INFO, LOG_WARNING};
 use crate::config::{seconds, ServerConfig};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
@@ -37,7 +37,11 @@ use crate::protocol::Limits;
 use crate::router::{percent_decode, Routes};
 use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
+use crate::tls::{self, TlsFiles};
 use crate::websocket::Connection;
+
+/// How long a client may take over the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
 
@@ -65,6 +69,8 @@ pub struct ServerState {
     shutdown: CancellationToken,
     /// Reads and writes the upgraded sockets, on the loop thread.
     poller: Arc<Poller>,
+    /// Set when the server speaks TLS (`ssl_certfile`): every connection does.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ServerState {
@@ -111,7 +117,8 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host, port, fd, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout, server_header, date_header,
+        close_timeout, server_header, date_header, ssl_certfile, ssl_keyfile,
+        ssl_keyfile_password, ssl_ca_certs, ssl_cert_reqs,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -136,7 +143,20 @@ impl Server {
         close_timeout: f64,
         server_header: bool,
         date_header: bool,
+        ssl_certfile: Option<String>,
+        ssl_keyfile: Option<String>,
+        ssl_keyfile_password: Option<String>,
+        ssl_ca_certs: Option<String>,
+        ssl_cert_reqs: u8,
     ) -> PyResult<Self> {
+        let tls = tls_config(
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_keyfile_password,
+            ssl_ca_certs,
+            ssl_cert_reqs,
+        )?
+        .map(tokio_rustls::TlsAcceptor::from);
         let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
         let config = ServerConfig {
             host,
@@ -170,6 +190,7 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             poller,
+            tls,
         };
         Ok(Self {
             state: Arc::new(state),
@@ -373,6 +394,25 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let local = stream.local_addr().unwrap_or(peer);
+    match &state.tls {
+        None => serve_http(TokioIo::new(stream), peer, local, state).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, local, state).await,
+                Ok(Err(error)) => {
+                    state.log(LOG_DEBUG, format!("{peer}: TLS handshake failed: {error}"))
+                }
+                Err(_) => state.log(LOG_DEBUG, format!("{peer}: TLS handshake timed out")),
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 over the accepted connection, plain or TLS.
+async fn serve_http<I>(io: I, peer: SocketAddr, local: SocketAddr, state: Arc<ServerState>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service_state = state.clone();
     let service = hyper::service::service_fn(move |request| {
         handle(request, service_state.clone(), peer, local)
@@ -380,7 +420,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Server
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .auto_date_header(state.config.date_header)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
@@ -389,6 +429,71 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Server
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(state.config.close_timeout, connection).await;
         }
+    }
+}
+
+/// The TLS configuration the `ssl_*` settings describe (`None` without a certificate);
+/// a ValueError naming the setting and the file if they are not usable.
+fn tls_config(
+    certfile: Option<String>,
+    keyfile: Option<String>,
+    keyfile_password: Option<String>,
+    ca_certs: Option<String>,
+    cert_reqs: u8,
+) -> PyResult<Option<Arc<rustls::ServerConfig>>> {
+    match (certfile, keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let files = TlsFiles {
+                certfile,
+                keyfile,
+                keyfile_password,
+                ca_certs,
+                cert_reqs,
+            };
+            tls::server_config(&files)
+                .map(Some)
+                .map_err(PyValueError::new_err)
+        }
+        (None, None) if cert_reqs == 0 => Ok(None),
+        (None, None) => Err(PyValueError::new_err(
+            "ssl_cert_reqs asks for client certificates, but ssl_certfile is not set",
+        )),
+        _ => Err(PyValueError::new_err(
+            "ssl_certfile and ssl_keyfile go together: give both, or neither",
+        )),
+    }
+}
+
+/// Check the `ssl_*` settings at start, before anything binds or forks.
+#[pyfunction]
+#[pyo3(signature = (certfile, keyfile, keyfile_password, ca_certs, cert_reqs))]
+pub fn check_tls(
+    certfile: Option<String>,
+    keyfile: Option<String>,
+    keyfile_password: Option<String>,
+    ca_certs: Option<String>,
+    cert_reqs: u8,
+) -> PyResult<()> {
+    tls_config(certfile, keyfile, keyfile_password, ca_certs, cert_reqs).map(drop)
+}
+
+/// The socket hyper upgraded, as the TCP stream it accepted (its TLS session taken over
+/// too), with what hyper read past the handshake.
+fn take_socket(upgraded: hyper::upgrade::Upgraded) -> std::io::Result<(Socket, Bytes)> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner().into_std()?;
+            return Ok((Socket::new(tcp.into())?, parts.read_buf));
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+        Ok(parts) => {
+            let (tcp, session) = parts.io.into_inner().into_inner();
+            let socket = Socket::with_tls(tcp.into_std()?.into(), tls::Session::new(session))?;
+            Ok((socket, parts.read_buf))
+        }
+        Err(_) => Err(std::io::ErrorKind::Unsupported.into()),
     }
 }
 
@@ -535,7 +640,7 @@ async fn websocket_handshake(
         route_id,
         path,
         query_string: request.uri().query().unwrap_or("").to_owned(),
-        scheme: "ws",
+        scheme: if state.tls.is_some() { "wss" } else { "ws" },
         headers: header_pairs(request.headers()),
         client: address(peer),
         server: address(local),
@@ -584,14 +689,9 @@ async fn websocket_handshake(
             tokio::spawn(async move {
                 // The socket comes back from hyper as the TCP stream it accepted, with
                 // whatever hyper read past the handshake.
-                let socket = match upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-                    Ok(Ok(parts)) => parts
-                        .io
-                        .into_inner()
-                        .into_std()
-                        .and_then(|tcp| Socket::new(tcp.into()))
-                        .map(|socket| (socket, parts.read_buf)),
-                    _ => Err(std::io::ErrorKind::Unsupported.into()),
+                let socket = match upgrade.await {
+                    Ok(upgraded) => take_socket(upgraded),
+                    Err(error) => Err(std::io::Error::other(error)),
                 };
                 match socket {
                     // From here on the loop thread reads and writes it.
@@ -640,6 +740,7 @@ async fn http_request(
         path_params,
         body,
         reply: reply_tx,
+        scheme: if state.tls.is_some() { "https" } else { "http" },
     };
     state.bridge.push(Event::Http(Box::new(pending)));
     match reply_rx.await {

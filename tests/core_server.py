@@ -25,7 +25,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
-STARTUP_LINE = re.compile(r"running on http://127\.0\.0\.1:(\d+)")
+STARTUP_LINE = re.compile(r"running on https?://127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:

@@ -43,6 +43,11 @@ class Server:
         close_timeout: float,
         server_header: bool,
         date_header: bool,
+        ssl_certfile: str | None,
+        ssl_keyfile: str | None,
+        ssl_keyfile_password: str | None,
+        ssl_ca_certs: str | None,
+        ssl_cert_reqs: int,
     ) -> Server:
         """``routes``: ``(path template, kind, HTTP methods, route id)``; templates use
         ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
@@ -211,6 +216,16 @@ class Op:
     message or the outbox has room, else parks on a loop future."""
     def __await__(self) -> Op: ...
     def __next__(self) -> Any: ...
+
+def check_tls(
+    certfile: str | None,
+    keyfile: str | None,
+    keyfile_password: str | None,
+    ca_certs: str | None,
+    cert_reqs: int,
+) -> None:
+    """Raise ValueError, naming the setting and the file, if the ``ssl_*`` settings do
+    not make a usable TLS configuration."""
 
 def metrics() -> dict[str, Any]:
     """``stats()`` plus ``close_codes`` ({label: count}), ``handshakes_refused`` ({reason:

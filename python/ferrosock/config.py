@@ -61,6 +61,24 @@ class Config:
     close_timeout: float = field(
         default=5.0, metadata={"help": "seconds a closing handshake may take"}
     )
+    ssl_certfile: str | None = field(
+        default=None,
+        metadata={"help": "PEM certificate chain: serve wss:// and https:// (with ssl_keyfile)"},
+    )
+    ssl_keyfile: str | None = field(
+        default=None, metadata={"help": "PEM private key of ssl_certfile (PKCS#8, RSA or EC)"}
+    )
+    ssl_keyfile_password: str | None = field(
+        default=None, metadata={"help": "password of an encrypted PKCS#8 ssl_keyfile"}
+    )
+    ssl_ca_certs: str | None = field(
+        default=None,
+        metadata={"help": "PEM CA certificates that client certificates must chain to"},
+    )
+    ssl_cert_reqs: int = field(
+        default=0,
+        metadata={"help": "client certificates: 0 not asked, 1 optional, 2 required"},
+    )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
     metrics_path: str | None = field(
         default=None,
@@ -180,6 +198,11 @@ class Config:
             "close_timeout": self.close_timeout,
             "server_header": self.server_header,
             "date_header": self.date_header,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_keyfile_password": self.ssl_keyfile_password,
+            "ssl_ca_certs": self.ssl_ca_certs,
+            "ssl_cert_reqs": self.ssl_cert_reqs,
         }
 
     def replace(self, **changes: Any) -> Config:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from . import _engine
 from .config import Config
 from .listeners import inherited_address
 from .logs import configure_logging, log_level_number, read_log_config
@@ -417,6 +418,15 @@ def check_settings(config: Config) -> None:
         inherited_address(config.fd)
     if config.loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
+    if config.ssl_cert_reqs not in (0, 1, 2):
+        raise ValueError(f"ssl_cert_reqs must be 0, 1 or 2, not {config.ssl_cert_reqs!r}")
+    _engine.check_tls(
+        config.ssl_certfile,
+        config.ssl_keyfile,
+        config.ssl_keyfile_password,
+        config.ssl_ca_certs,
+        config.ssl_cert_reqs,
+    )
 
 
 def run(app: Any, **settings: Any) -> None:

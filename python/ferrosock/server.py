@@ -111,8 +111,10 @@ class Server:
         if self.config.fd is not None:
             host, inherited = inherited_address(self.config.fd)[0], f" (fd {self.config.fd})"
         shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.config.ssl_certfile else "http"
         logger.info(
-            "ferrosock running on http://%s:%d%s (Press CTRL+C to quit)",
+            "ferrosock running on %s://%s:%d%s (Press CTRL+C to quit)",
+            scheme,
             shown,
             self.port or 0,
             inherited,
