@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+#[cfg(not(feature = "abi3"))]
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -218,6 +219,7 @@ fn convert(py: Python<'_>, kind: OpKind, message: Incoming) -> PyResult<Py<PyAny
 
 /// A Python `str` of a received text. ASCII text is copied straight into a new compact
 /// string: it was checked already, so CPython need not decode it again.
+#[cfg(not(feature = "abi3"))]
 fn python_str(py: Python<'_>, text: &Text) -> PyResult<Py<PyAny>> {
     if !text.is_ascii() {
         return Ok(PyString::new(py, text.as_str()).into_any().unbind());
@@ -234,6 +236,13 @@ fn python_str(py: Python<'_>, text: &Text) -> PyResult<Py<PyAny>> {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
         Ok(string.unbind())
     }
+}
+
+/// A Python `str` of a received text. The stable ABI has no compact-string constructor, so
+/// CPython decodes the text again.
+#[cfg(feature = "abi3")]
+fn python_str(py: Python<'_>, text: &Text) -> PyResult<Py<PyAny>> {
+    Ok(PyString::new(py, text.as_str()).into_any().unbind())
 }
 
 fn disconnect_message(py: Python<'_>, info: &CloseInfo) -> PyResult<Py<PyAny>> {

@@ -11,6 +11,8 @@ use crate::forwarded::TrustedProxies;
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    /// An inherited listening socket to serve on instead of binding `host:port`.
+    pub fd: Option<i32>,
     pub backlog: i32,
     pub reuse_port: bool,
     /// Largest incoming message (and frame); bigger ones close the socket with 1009.
@@ -44,6 +46,10 @@ pub struct ServerConfig {
     /// How long a socket over `outbox_limit` may go without any byte written before it is
     /// closed with 1013 (`slow.rs`).
     pub slow_consumer_timeout: Duration,
+    /// `server: ferrosock` on every response the engine writes (HTTP, refusals, the 101).
+    pub server_header: bool,
+    /// hyper's `date` header on every response.
+    pub date_header: bool,
 }
 
 pub fn seconds(value: Option<f64>) -> Option<Duration> {

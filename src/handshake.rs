@@ -5,6 +5,8 @@ use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::Request;
 
+use crate::stats::Refusal;
+
 /// Request data of the handshake, handed to Python once, when the handler starts.
 pub struct Handshake {
     pub route_id: usize,
@@ -31,15 +33,17 @@ pub enum Decision {
         status: u16,
         headers: Vec<(String, String)>,
         body: Option<Bytes>,
+        why: Refusal,
     },
 }
 
 impl Decision {
-    pub fn refuse(status: u16) -> Self {
+    pub fn refuse(status: u16, why: Refusal) -> Self {
         Decision::Respond {
             status,
             headers: Vec::new(),
             body: None,
+            why,
         }
     }
 }

@@ -83,7 +83,8 @@ pub fn builder(config: &ServerConfig) -> (Builder, Served) {
         })
         .header_read_timeout(config.handshake_timeout)
         .max_header_size(config.http_max_header_size)
-        .max_headers(config.http_max_headers);
+        .max_headers(config.http_max_headers)
+        .auto_date_header(config.date_header);
     (builder, Served(served))
 }
 

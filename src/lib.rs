@@ -43,7 +43,8 @@ fn engine_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(dict)
 }
 
-/// Everything `stats()` has, plus `close_codes` ({label: count}) and `ping_rtt`
+/// Everything `stats()` has, plus `close_codes` ({label: count}), `handshakes_refused`
+/// ({reason: count}, every reason) and `ping_rtt`
 /// (`bounds_us`, per-bucket `counts` with one past the last bound, `sum_us`).
 #[pyfunction(name = "metrics")]
 fn engine_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -53,6 +54,11 @@ fn engine_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         codes.set_item(label, count)?;
     }
     dict.set_item("close_codes", codes)?;
+    let refused = PyDict::new(py);
+    for (reason, count) in stats::refusals() {
+        refused.set_item(reason, count)?;
+    }
+    dict.set_item("handshakes_refused", refused)?;
     let (counts, sum_us) = stats::rtt_histogram();
     let rtt = PyDict::new(py);
     rtt.set_item("bounds_us", stats::RTT_BOUNDS_US.to_vec())?;

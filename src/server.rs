@@ -20,7 +20,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -39,7 +39,7 @@ use crate::poller::{self, Poller};
 use crate::protocol::Limits;
 use crate::router::{percent_decode, Routes};
 use crate::socket::Socket;
-use crate::stats::{self, counter};
+use crate::stats::{self, counter, Refusal};
 use crate::tls::{self, TlsFiles};
 use crate::websocket::Connection;
 
@@ -118,11 +118,12 @@ impl Server {
     // Every setting is required: the defaults live in one place, Python's `Config`.
     #[pyo3(signature = (
         routes, on_websocket, on_http, on_log, *,
-        host, port, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
+        host, port, fd, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout, slow_consumer_timeout, ssl_certfile, ssl_keyfile, ssl_keyfile_password,
-        ssl_ca_certs, ssl_cert_reqs, handshake_timeout, timeout_keep_alive,
-        http_max_header_size, http_max_headers, max_connections_per_ip, forwarded_allow_ips,
+        close_timeout, slow_consumer_timeout, server_header, date_header, ssl_certfile,
+        ssl_keyfile, ssl_keyfile_password, ssl_ca_certs, ssl_cert_reqs, handshake_timeout,
+        timeout_keep_alive, http_max_header_size, http_max_headers, max_connections_per_ip,
+        forwarded_allow_ips,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -132,6 +133,7 @@ impl Server {
         on_log: Py<PyAny>,
         host: String,
         port: u16,
+        fd: Option<i32>,
         backlog: i32,
         reuse_port: bool,
         ws_max_size: usize,
@@ -145,6 +147,8 @@ impl Server {
         io_threads: Option<usize>,
         close_timeout: f64,
         slow_consumer_timeout: f64,
+        server_header: bool,
+        date_header: bool,
         ssl_certfile: Option<String>,
         ssl_keyfile: Option<String>,
         ssl_keyfile_password: Option<String>,
@@ -173,6 +177,7 @@ impl Server {
         let config = ServerConfig {
             host,
             port,
+            fd,
             backlog,
             reuse_port,
             ws_max_size,
@@ -191,6 +196,8 @@ impl Server {
             http_max_headers: http_max_headers.max(1),
             max_connections_per_ip,
             trusted_proxies,
+            server_header,
+            date_header,
         };
         let poller = Poller::new(Limits {
             max_size: config.ws_max_size,
@@ -304,7 +311,10 @@ impl Server {
 
 impl Server {
     fn listen(&self, py: Python<'_>) -> PyResult<()> {
-        let listener = bind(&self.state.config)?;
+        let listener = match self.state.config.fd {
+            Some(fd) => inherited(fd)?,
+            None => bind(&self.state.config)?,
+        };
         self.port
             .store(listener.local_addr()?.port(), Ordering::Relaxed);
         let runtime = crate::runtime::init(self.io_threads);
@@ -368,6 +378,23 @@ fn bind(config: &ServerConfig) -> PyResult<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(config.backlog)?;
+    Ok(socket.into())
+}
+
+/// The listening socket the process inherited as `fd` (systemd's socket activation passes
+/// 3), served through a duplicate: the inherited descriptor stays open, so forked workers
+/// and a server started again in the same process can each take their own.
+fn inherited(fd: i32) -> PyResult<std::net::TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: fcntl checks `fd` itself (EBADF when it is not open) and only duplicates it.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(PyOSError::new_err(format!("fd {fd}: {error}")));
+    }
+    // SAFETY: `copy` is a descriptor just made for this socket and owned by nothing else.
+    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(copy) });
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
@@ -539,7 +566,7 @@ async fn handle(
     let path = percent_decode(request.uri().path()).into_owned();
     let wants_websocket = has_token(request.headers(), header::UPGRADE, "websocket");
     let found = state.routes.find(&path);
-    let response = if wants_websocket {
+    let mut response = if wants_websocket {
         match found
             .as_ref()
             .and_then(|f| f.endpoints.websocket.map(|id| (id, f)))
@@ -549,6 +576,7 @@ async fn handle(
                 websocket_handshake(request, &state, route_id, path, params, peer, local).await
             }
             None => {
+                stats::record_refusal(Refusal::NotFound);
                 log_request(&state, peer, "GET", &path, 403, "no WebSocket route");
                 text_response(StatusCode::FORBIDDEN, "Forbidden")
             }
@@ -576,6 +604,12 @@ async fn handle(
             },
         }
     };
+    if state.config.server_header {
+        response
+            .headers_mut()
+            .entry(header::SERVER)
+            .or_insert(HeaderValue::from_static("ferrosock"));
+    }
     Ok(response)
 }
 
@@ -604,7 +638,7 @@ async fn websocket_handshake(
     local: SocketAddr,
 ) -> Response<Body> {
     if let Some(problem) = handshake::problem(&request) {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::BadRequest);
         log_request(state, peer, "GET", &path, 400, problem);
         let mut response = text_response(StatusCode::BAD_REQUEST, "Bad Request");
         response.headers_mut().insert(
@@ -614,7 +648,7 @@ async fn websocket_handshake(
         return response;
     }
     if !handshake::origin_allowed(state.config.allowed_origins.as_deref(), request.headers()) {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::ForbiddenOrigin);
         log_request(state, peer, "GET", &path, 403, "origin not allowed");
         return text_response(StatusCode::FORBIDDEN, "Forbidden");
     }
@@ -623,7 +657,7 @@ async fn websocket_handshake(
         .max_connections
         .is_some_and(|max| state.live.lock().len() >= max)
     {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::OverCapacity);
         log_request(state, peer, "GET", &path, 503, "max_connections reached");
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
@@ -631,7 +665,7 @@ async fn websocket_handshake(
     let trusted = state.config.trusted_proxies.as_ref();
     let client = TrustedProxies::client_of(trusted, peer.ip(), request.headers());
     if !state.per_client.admit(id, client) {
-        stats::bump(&counter::handshakes_rejected);
+        stats::record_refusal(Refusal::PerClientLimit);
         log_request(
             state,
             peer,
@@ -672,16 +706,17 @@ async fn websocket_handshake(
         .push(Event::WebSocket(shared.clone(), Box::new(handshake)));
     let upgrade = hyper::upgrade::on(&mut request);
     let decision = tokio::select! {
-        decision = decision_rx => decision.unwrap_or(Decision::refuse(403)),
-        _ = state.shutdown.cancelled() => Decision::refuse(503),
+        decision = decision_rx => decision.unwrap_or(Decision::refuse(403, Refusal::Error)),
+        _ = state.shutdown.cancelled() => Decision::refuse(503, Refusal::Shutdown),
     };
     match decision {
         Decision::Respond {
             status,
             headers,
             body,
+            why,
         } => {
-            stats::bump(&counter::handshakes_rejected);
+            stats::record_refusal(why);
             shared.end(1006, "handshake refused");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
             let mut response = match body {
@@ -699,6 +734,7 @@ async fn websocket_handshake(
             subprotocol,
             headers,
         } => {
+            stats::bump(&counter::handshakes_accepted);
             let connection = shared.clone();
             let poller = state.poller.clone();
             tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! Process-wide counters, read from Python with `ferrosock._engine.stats()` and, with the
-//! close codes and the ping round-trip histogram, `ferrosock._engine.metrics()`.
+//! close codes, the refused handshakes by reason and the ping round-trip histogram,
+//! `ferrosock._engine.metrics()`.
 //!
 //! They exist so that tests and benchmarks can show what the fast path does (how often an
 //! awaitable had to park on a loop future, how many eventfd wake-ups were written, how many
@@ -38,7 +39,7 @@ counters!(
     bytes_received,
     bytes_sent,
     http_requests,
-    handshakes_rejected,
+    handshakes_accepted,
 );
 
 #[inline]
@@ -89,6 +90,73 @@ pub fn close_codes() -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Why a WebSocket handshake was answered with an HTTP response instead of the 101.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed handshake (400), checked by the engine.
+    BadRequest,
+    /// Origin not in `allowed_origins` (403).
+    ForbiddenOrigin,
+    /// No WebSocket route at the path (403).
+    NotFound,
+    /// `max_connections` open already (503).
+    OverCapacity,
+    /// `max_connections_per_ip` open already from that client (429).
+    PerClientLimit,
+    /// The handler closed before accepting (403).
+    AppRefused,
+    /// The handler sent a response of its own (`send_denial_response`).
+    DenialResponse,
+    /// The handler failed before accepting (500), or went away without deciding.
+    Error,
+    /// The server was shutting down (503).
+    Shutdown,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 9] = [
+        Refusal::BadRequest,
+        Refusal::ForbiddenOrigin,
+        Refusal::NotFound,
+        Refusal::OverCapacity,
+        Refusal::PerClientLimit,
+        Refusal::AppRefused,
+        Refusal::DenialResponse,
+        Refusal::Error,
+        Refusal::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::ForbiddenOrigin => "forbidden_origin",
+            Refusal::NotFound => "not_found",
+            Refusal::OverCapacity => "over_capacity",
+            Refusal::PerClientLimit => "per_client_limit",
+            Refusal::AppRefused => "app_refused",
+            Refusal::DenialResponse => "denial_response",
+            Refusal::Error => "error",
+            Refusal::Shutdown => "shutdown",
+        }
+    }
+}
+
+static REFUSALS: [AtomicU64; Refusal::ALL.len()] =
+    [const { AtomicU64::new(0) }; Refusal::ALL.len()];
+
+/// A handshake was refused for `why`.
+pub fn record_refusal(why: Refusal) {
+    bump(&REFUSALS[why as usize]);
+}
+
+/// Refused handshakes by reason label, every reason listed (zeros too).
+pub fn refusals() -> Vec<(&'static str, u64)> {
+    Refusal::ALL
+        .iter()
+        .map(|why| (why.label(), REFUSALS[*why as usize].load(Ordering::Relaxed)))
+        .collect()
+}
+
 /// Upper bounds, in microseconds, of the ping round-trip histogram's buckets.
 pub const RTT_BOUNDS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
@@ -136,5 +204,17 @@ mod tests {
         let (counts, sum) = rtt_histogram();
         assert!(counts[0] >= 1 && counts[RTT_BOUNDS_US.len()] >= 1);
         assert!(sum >= 5_000_090);
+    }
+
+    #[test]
+    fn refusals_are_counted_under_their_own_label() {
+        let count = |label| refusals().into_iter().find(|(l, _)| *l == label).unwrap().1;
+        let before = count("over_capacity");
+        record_refusal(Refusal::OverCapacity);
+        assert_eq!(count("over_capacity"), before + 1);
+        assert_eq!(refusals().len(), Refusal::ALL.len());
+        for (slot, why) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*why as usize, slot, "ALL is in declaration order");
+        }
     }
 }

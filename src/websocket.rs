@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -19,6 +20,7 @@ use crate::convert::{bytes_of, text_of};
 use crate::eventloop::LoopHooks;
 use crate::frame::OutFrame;
 use crate::handshake::{Decision, Handshake};
+use crate::stats::Refusal;
 
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
@@ -139,6 +141,24 @@ impl Connection {
             }
             Ok(_) => done(py),
         }
+    }
+
+    /// Answer the handshake with an HTTP response instead of the upgrade.
+    fn refuse(
+        &self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Option<Bytes>,
+        why: Refusal,
+    ) {
+        self.app_state.store(RESPONSE, Ordering::Release);
+        self.decide(Decision::Respond {
+            status,
+            headers,
+            body,
+            why,
+        });
+        self.shared.end(1006, "handshake refused");
     }
 
     fn decide(&self, decision: Decision) -> bool {
@@ -262,13 +282,14 @@ impl Connection {
             )));
         }
         let body = body.map(bytes_of).transpose()?;
-        self.app_state.store(RESPONSE, Ordering::Release);
-        self.decide(Decision::Respond {
-            status,
-            headers: headers.unwrap_or_default(),
-            body,
-        });
-        self.shared.end(1006, "handshake refused");
+        // The app's denial responses carry a body, if only an empty one; the server's
+        // own 500 for a handler that failed before accepting carries none.
+        let why = if body.is_some() {
+            Refusal::DenialResponse
+        } else {
+            Refusal::Error
+        };
+        self.refuse(status, headers.unwrap_or_default(), body, why);
         Ok(())
     }
 
@@ -295,7 +316,7 @@ impl Connection {
     #[pyo3(signature = (code=1000, reason=None))]
     fn close(&self, py: Python<'_>, code: u16, reason: Option<&str>) -> PyResult<Py<PyAny>> {
         match self.state() {
-            CONNECTING => self.reject(403, None, None)?,
+            CONNECTING => self.refuse(403, Vec::new(), None, Refusal::AppRefused),
             CONNECTED => {
                 self.app_state.store(DISCONNECTED, Ordering::Release);
                 self.shared.close(code, reason.unwrap_or(""));

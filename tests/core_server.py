@@ -31,8 +31,11 @@ STARTUP_LINE = re.compile(r"running on https?://127\.0\.0\.1:(\d+)")
 class ServerProcess:
     """One ``ferrosock run`` subprocess and everything it has written."""
 
-    def __init__(self, target: str, *extra_args: str, cwd: Path = TESTS_DIR) -> None:
+    def __init__(
+        self, target: str, *extra_args: str, cwd: Path = TESTS_DIR, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.target = target
+        self.pass_fds = pass_fds
         self.command = [
             sys.executable,
             "-m",
@@ -67,6 +70,7 @@ class ServerProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
+            pass_fds=self.pass_fds,
         )
         for stream, lines in (
             (self._process.stderr, self.stderr_lines),

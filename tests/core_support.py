@@ -13,7 +13,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 IO_TIMEOUT = 10.0
@@ -231,3 +231,27 @@ async def outcome(port: int, key: str) -> dict:
     seen = response.json()
     assert "timed_out" not in seen, f"the handler recorded nothing under {key}"
     return seen
+
+
+# -- an app to reload -----------------------------------------------------------------
+
+# Module text whose /version route sends ``version``: write it with one version, change it,
+# and see which code the server runs.
+VERSIONED_APP = """
+from ferrosock import App, WebSocket
+
+app = App()
+
+
+@app.websocket("/version")
+async def version(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_text({version!r})
+    await websocket.close()
+"""
+
+
+async def app_version(port: int) -> str:
+    """What ``VERSIONED_APP``'s /version route says on ``port``."""
+    async with connect(f"ws://127.0.0.1:{port}/version", open_timeout=IO_TIMEOUT) as websocket:
+        return await asyncio.wait_for(websocket.recv(), IO_TIMEOUT)

@@ -8,28 +8,10 @@ import os
 import signal
 
 from core_server import ServerProcess
+from core_support import VERSIONED_APP, app_version
 from redis_support import free_port
-from websockets.asyncio.client import connect
 
 from ferrosock.reload import child_command
-
-APP = """
-from ferrosock import App, WebSocket
-
-app = App()
-
-
-@app.websocket("/version")
-async def version(websocket: WebSocket):
-    await websocket.accept()
-    await websocket.send_text({version!r})
-    await websocket.close()
-"""
-
-
-async def _version(port: int) -> str:
-    async with connect(f"ws://127.0.0.1:{port}/version", open_timeout=5) as websocket:
-        return await websocket.recv()
 
 
 def test_the_server_command_drops_only_the_reload_flags():
@@ -38,7 +20,7 @@ def test_the_server_command_drops_only_the_reload_flags():
 
 
 async def test_a_changed_file_restarts_the_server_with_the_new_code(tmp_path):
-    (tmp_path / "reloadme.py").write_text(APP.format(version="one"))
+    (tmp_path / "reloadme.py").write_text(VERSIONED_APP.format(version="one"))
     port = free_port()
     server = ServerProcess(
         "reloadme:app",
@@ -52,12 +34,12 @@ async def test_a_changed_file_restarts_the_server_with_the_new_code(tmp_path):
         cwd=tmp_path,
     ).start()
     try:
-        assert await _version(port) == "one"
+        assert await app_version(port) == "one"
         await asyncio.sleep(0.3)  # let the watcher settle
-        (tmp_path / "reloadme.py").write_text(APP.format(version="two"))
+        (tmp_path / "reloadme.py").write_text(VERSIONED_APP.format(version="two"))
         await server.stderr_line(lambda line: "restarting" in line and "reloadme.py" in line, 10)
         await server.stderr_line(lambda line: server.output().count("running on") >= 2, 15)
-        assert await _version(port) == "two"
+        assert await app_version(port) == "two"
         children = [
             int(pid)
             for task in os.listdir(f"/proc/{server.pid}/task")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from core_server import TESTS_DIR
-from core_support import http_request
+from core_support import handshake_headers, http_request, raw_handshake
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
@@ -111,3 +111,78 @@ def test_a_metrics_path_without_a_slash_fails_at_startup():
         timeout=30,
     )
     assert result.returncode != 0 and "metrics_path" in result.stderr
+
+
+REFUSAL_REASONS = {
+    "bad_request",
+    "forbidden_origin",
+    "not_found",
+    "over_capacity",
+    "per_client_limit",
+    "app_refused",
+    "denial_response",
+    "error",
+    "shutdown",
+}
+ALLOWED = "http://allowed.example"
+
+
+async def test_handshakes_are_counted_accepted_and_refused_by_reason(start_server):
+    server = start_server(
+        "apps.handshakes:app",
+        "--metrics-path",
+        "/metrics",
+        "--max-connections",
+        "1",
+        "--allowed-origins",
+        ALLOWED,
+    )
+    before = await scrape(server)
+    refused = {
+        dict(labels)["reason"]: count
+        for (name, labels), count in before.items()
+        if name == "ferrosock_handshakes_refused_total"
+    }
+    assert refused == dict.fromkeys(REFUSAL_REASONS, 0.0)  # every reason, from the start
+    assert value(before, "ferrosock_handshakes_accepted_total") == 0
+
+    async def answer(path: str, **headers: str | None) -> int:
+        headers.setdefault("Origin", ALLOWED)
+        response = await raw_handshake(
+            server.port, path, handshake_headers(path, server.port, **headers)
+        )
+        return response.status
+
+    assert await answer("/accept", Sec_WebSocket_Key=None) == 400
+    assert await answer("/accept", Origin="http://elsewhere.example") == 403
+    assert await answer("/nowhere") == 403
+    assert await answer("/close-before-accept") == 403
+    assert await answer("/denied") == 429
+    assert await answer("/crash-before-accept") == 500
+    async with connect(server.ws_url("/accept"), origin=ALLOWED, open_timeout=TIMEOUT) as held:
+        await held.send("hello")
+        assert await asyncio.wait_for(held.recv(), TIMEOUT) == "hello"
+        assert await answer("/accept") == 503  # max_connections is 1
+        after = await scrape(server)
+    assert value(after, "ferrosock_handshakes_accepted_total") == 1
+    for reason in REFUSAL_REASONS - {"shutdown", "per_client_limit"}:
+        assert value(after, "ferrosock_handshakes_refused_total", reason=reason) == 1, reason
+    assert value(after, "ferrosock_handshakes_refused_total", reason="shutdown") == 0
+    assert value(after, "ferrosock_handshakes_refused_total", reason="per_client_limit") == 0
+
+
+async def test_a_handshake_over_max_connections_per_ip_is_counted_as_such(start_server):
+    server = start_server(
+        "apps.handshakes:app", "--metrics-path", "/metrics", "--max-connections-per-ip", "1"
+    )
+    async with connect(server.ws_url("/accept"), open_timeout=TIMEOUT) as held:
+        await held.send("hello")
+        assert await asyncio.wait_for(held.recv(), TIMEOUT) == "hello"
+        path = "/accept"
+        response = await raw_handshake(
+            server.port, path, handshake_headers(path, server.port, Origin=ALLOWED)
+        )
+        assert response.status == 429
+        after = await scrape(server)
+    assert value(after, "ferrosock_handshakes_refused_total", reason="per_client_limit") == 1
+    assert value(after, "ferrosock_handshakes_accepted_total") == 1

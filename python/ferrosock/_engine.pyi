@@ -30,6 +30,7 @@ class Server:
         *,
         host: str,
         port: int,
+        fd: int | None,
         backlog: int,
         reuse_port: bool,
         ws_max_size: int,
@@ -43,6 +44,8 @@ class Server:
         io_threads: int | None,
         close_timeout: float,
         slow_consumer_timeout: float,
+        server_header: bool,
+        date_header: bool,
         ssl_certfile: str | None,
         ssl_keyfile: str | None,
         ssl_keyfile_password: str | None,
@@ -137,7 +140,9 @@ class Connection:
     ) -> None:
         """Answer the handshake with an HTTP response instead of the upgrade (before
         ``accept`` only): ``status``, ``headers`` and ``body``; without a body, the status's
-        reason phrase as plain text."""
+        reason phrase as plain text. Counted in ``metrics()["handshakes_refused"]`` as
+        ``denial_response`` with a body, ``error`` without (the server's 500 for a handler
+        that failed before accepting)."""
     def receive(self) -> Awaitable[dict[str, Any]]:
         """An ASGI-style message: ``{"type": "websocket.receive", "text"|"bytes": ...}`` or
         ``{"type": "websocket.disconnect", "code": int, "reason": str}``. Once the end has
@@ -251,7 +256,9 @@ def check_tls(
     not make a usable TLS configuration."""
 
 def metrics() -> dict[str, Any]:
-    """``stats()`` plus ``close_codes`` ({label: count}) and ``ping_rtt`` (``bounds_us``,
+    """``stats()`` plus ``close_codes`` ({label: count}), ``handshakes_refused`` ({reason:
+    count} for every reason: bad_request, forbidden_origin, not_found, over_capacity,
+    app_refused, denial_response, error, shutdown) and ``ping_rtt`` (``bounds_us``,
     per-bucket ``counts`` with one past the last bound, ``sum_us``)."""
 
 def stats() -> dict[str, int]:

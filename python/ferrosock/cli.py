@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.get("reload"):
         from .reload import run_with_reload
 
-        raise SystemExit(run_with_reload(argv, args.get("reload_dirs")))
+        raise SystemExit(run_with_reload(argv, args.get("reload_dirs"), args.get("fd")))
     from .process import check_settings, run
 
     try:

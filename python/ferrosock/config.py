@@ -15,6 +15,13 @@ MIB = 1 << 20
 class Config:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=8000, metadata={"help": "port to bind (0: any free port)"})
+    fd: int | None = field(
+        default=None,
+        metadata={
+            "help": "serve on this inherited, already bound listening TCP socket instead of "
+            "binding host and port (systemd socket activation passes 3)"
+        },
+    )
     workers: int = field(
         default=1, metadata={"help": "worker processes sharing the port (SO_REUSEPORT)"}
     )
@@ -145,6 +152,12 @@ class Config:
             "env": "FORWARDED_ALLOW_IPS",
         },
     )
+    server_header: bool = field(
+        default=True, metadata={"help": "send 'server: ferrosock' with every response"}
+    )
+    date_header: bool = field(
+        default=True, metadata={"help": "send a date header with every response"}
+    )
     root_path: str = field(
         default="",
         metadata={"help": "path prefix the app is mounted under behind a proxy, e.g. /api"},
@@ -201,6 +214,7 @@ class Config:
         return {
             "host": self.host,
             "port": self.port,
+            "fd": self.fd,
             "backlog": self.backlog,
             "reuse_port": self.reuse_port or self.workers > 1,
             "ws_max_size": self.ws_max_size,
@@ -214,6 +228,8 @@ class Config:
             "io_threads": self.io_threads or _available_cpus(),
             "close_timeout": self.close_timeout,
             "slow_consumer_timeout": self.slow_consumer_timeout,
+            "server_header": self.server_header,
+            "date_header": self.date_header,
             "ssl_certfile": self.ssl_certfile,
             "ssl_keyfile": self.ssl_keyfile,
             "ssl_keyfile_password": self.ssl_keyfile_password,

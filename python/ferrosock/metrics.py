@@ -20,7 +20,7 @@ _ENGINE_COUNTERS = {
     "bytes_received": "payload bytes of the data messages received",
     "bytes_sent": "payload bytes of the data messages queued to clients",
     "http_requests": "HTTP requests handed to the app",
-    "handshakes_rejected": "WebSocket handshakes refused",
+    "handshakes_accepted": "WebSocket handshakes answered with 101",
 }
 _MANAGER_COUNTERS = {
     "broadcasts": "broadcasts asked of the manager",
@@ -41,7 +41,8 @@ _MANAGER_GAUGES = {
 
 def collect() -> dict[str, Any]:
     """The engine's counters, ``open_connections``, ``close_codes`` ({code: count}),
-    ``ping_rtt`` (histogram) and ``managers`` ({name: that manager's ``stats()``})."""
+    ``handshakes_refused`` ({reason: count}), ``ping_rtt`` (histogram) and ``managers``
+    ({name: that manager's ``stats()``})."""
     engine = _engine.metrics()
     engine["open_connections"] = engine["connections_opened"] - engine["connections_closed"]
     managers: dict[str, dict[str, Any]] = {}
@@ -78,6 +79,9 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
         out.append(_line(f"{key}_total", metrics[key]))
     out += _family("gauge", "open_connections", "WebSocket connections open now")
     out.append(_line("open_connections", metrics["open_connections"]))
+    out += _family("counter", "handshakes_refused_total", "WebSocket handshakes refused, by reason")
+    for reason, count in metrics["handshakes_refused"].items():
+        out.append(_line("handshakes_refused_total", count, {"reason": reason}))
     out += _family("counter", "close_codes_total", "connections ended, by close code")
     for code, count in sorted(metrics["close_codes"].items()):
         out.append(_line("close_codes_total", count, {"code": code}))

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from . import _engine
 from .config import Config
+from .listeners import inherited_address
 from .logs import configure_logging, log_level_number, read_log_config
 from .manager import BackendSettings, partitioned_managers
 from .proxies import Forwarding
@@ -448,6 +449,8 @@ def check_settings(config: Config) -> None:
             "slow_consumer_timeout must be a positive number of seconds, "
             f"not {config.slow_consumer_timeout!r}"
         )
+    if config.fd is not None:
+        inherited_address(config.fd)
     if config.loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
     if config.ssl_cert_reqs not in (0, 1, 2):

@@ -51,8 +51,11 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         child.wait()
 
 
-def run_with_reload(argv: Sequence[str], directories: list[str] | None) -> int:
-    """Serve until SIGINT/SIGTERM, restarting on changes; the exit status (0 when stopped)."""
+def run_with_reload(
+    argv: Sequence[str], directories: list[str] | None, fd: int | None = None
+) -> int:
+    """Serve until SIGINT/SIGTERM, restarting on changes; the exit status (0 when stopped).
+    An inherited listening socket (``fd``) is passed on to each server process."""
     configure_logging("info")
     try:
         from watchfiles import PythonFilter, watch  # type: ignore[import-not-found, unused-ignore]
@@ -72,15 +75,16 @@ def run_with_reload(argv: Sequence[str], directories: list[str] | None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     command = child_command(argv)
+    pass_fds = () if fd is None else (fd,)
     logger.info("Will watch for changes in these directories: %s", watched)
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, pass_fds=pass_fds)
     logger.info("Started reloader process [%d], server process [%d]", os.getpid(), child.pid)
     try:
         for changes in watch(*watched, watch_filter=PythonFilter(), stop_event=stop):
             names = sorted({os.path.relpath(path) for _, path in changes})
             logger.warning("Changes in %s; restarting the server", ", ".join(names))
             _stop(child)
-            child = subprocess.Popen(command)
+            child = subprocess.Popen(command, pass_fds=pass_fds)
             logger.info("Started server process [%d]", child.pid)
     finally:
         _stop(child)

@@ -21,6 +21,7 @@ from typing import Any
 from . import _engine
 from .config import Config
 from .exceptions import WebSocketDisconnect, call_exception_handler, server_error_handler
+from .listeners import inherited_address
 from .manager import configure_backends, stop_backends
 from .metrics import PROMETHEUS_CONTENT_TYPE, collect, prometheus_text
 from .proxies import NO_FORWARDING, Forwarding
@@ -109,14 +110,17 @@ class Server:
         return engine
 
     def _announce(self) -> None:
-        host = self.config.host
+        host, inherited = self.config.host, ""
+        if self.config.fd is not None:
+            host, inherited = inherited_address(self.config.fd)[0], f" (fd {self.config.fd})"
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if self.config.ssl_certfile else "http"
         logger.info(
-            "ferrosock running on %s://%s:%d (Press CTRL+C to quit)",
+            "ferrosock running on %s://%s:%d%s (Press CTRL+C to quit)",
             scheme,
             shown,
             self.port or 0,
+            inherited,
         )
 
     async def _shutdown(self, engine: _engine.Server) -> None:

@@ -119,8 +119,16 @@ class _ServerThread:
 
         self.outcomes = outcomes
         # The app's own settings apply (message size limits, heartbeat ...), on a free
-        # loopback port, in this one process.
-        loopback = {"host": "127.0.0.1", "port": 0, "workers": 1, "log_level": "warning"}
+        # loopback port, in this one process. No `server` header, as Starlette's client
+        # sees none: the headers a test reads are the app's.
+        loopback = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "fd": None,
+            "workers": 1,
+            "log_level": "warning",
+            "server_header": False,
+        }
         config = Config.from_settings(getattr(app, "settings", {}), loopback)
         self.server = Server(app, config)
         self.server.context_for = outcomes.context_for

@@ -4,6 +4,7 @@
 import os
 
 from ferrosock import App, Request, WebSocket
+from ferrosock.responses import PlainTextResponse
 
 GREETING = os.environ.get("GREETING", "unset")
 
@@ -41,3 +42,8 @@ async def websocket_cookies(websocket: WebSocket):
 @app.get("/cookies")
 async def request_cookies(request: Request):
     return {"cookies": request.cookies, "path": request["path"], "type": request["type"]}
+
+
+@app.get("/own-server-header")
+async def own_server_header():
+    return PlainTextResponse("mine", headers={"server": "the app's own"})

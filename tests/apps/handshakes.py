@@ -1,5 +1,6 @@
-"""The app behind tests/test_core_handshake_answers.py: handlers that answer the handshake
-with something other than an upgrade, run by a real server in a subprocess."""
+"""The app behind tests/test_core_handshake_answers.py and the metrics of refused
+handshakes: handlers that answer the handshake with something other than an upgrade, and
+``/accept``, which upgrades and echoes, run by a real server in a subprocess."""
 
 from ferrosock import App, WebSocket
 from ferrosock.exceptions import WebSocketException
@@ -27,3 +28,10 @@ async def refuse_with_exception(websocket: WebSocket):
 async def denied(websocket: WebSocket):
     response = PlainTextResponse("come back later", status_code=429, headers={"retry-after": "7"})
     await websocket.send_denial_response(response)
+
+
+@app.websocket("/accept")
+async def accept(websocket: WebSocket):
+    await websocket.accept()
+    async for text in websocket.iter_text():
+        await websocket.send_text(text)
