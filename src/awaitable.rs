@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
-use crate::connection::{CloseInfo, ConnShared, Incoming, Received};
+use crate::connection::{lost, CloseInfo, ConnShared, Incoming, Received};
 use crate::eventloop::LoopHooks;
 use crate::frame::Text;
 use crate::stats::{self, counter};
@@ -56,7 +56,8 @@ pub enum OpKind {
     Receive,
     ReceiveText,
     ReceiveBytes,
-    /// A send that found the outbox over its limit: wait until it drains.
+    /// A send that found the outbox over its limit: wait until it drains (or, after
+    /// `slow_consumer_timeout` without progress, the socket is closed and it raises).
     SendDrain,
     /// Nothing to wait for; only the fairness yield.
     Yield,
@@ -145,6 +146,11 @@ impl Op {
             }
             OpKind::SendDrain => {
                 if self.conn.send_may_continue() {
+                    // Ended while it waited (the peer went away, or it was closed for
+                    // making no progress): the send fails as on a closed socket.
+                    if let Some(info) = self.conn.is_ended().then(|| self.conn.close_info()) {
+                        return Err(disconnect_error(py, &info.unwrap_or_else(lost)));
+                    }
                     self.finished();
                     Ok(None)
                 } else {

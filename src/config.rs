@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::forwarded::TrustedProxies;
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub host: String,
@@ -27,12 +29,27 @@ pub struct ServerConfig {
     /// message larger than this is still taken, alone).
     pub inbox_limit: usize,
     pub http_max_body: usize,
+    /// How long after the accept the first request head may take to arrive in full.
+    pub handshake_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request head.
+    pub timeout_keep_alive: Duration,
+    /// Largest request head (request line and headers) in bytes; bigger: 431.
+    pub http_max_header_size: usize,
+    /// Most headers in a request head; more: 431.
+    pub http_max_headers: usize,
+    /// Open WebSockets per client address at most; more are refused with 429.
+    pub max_connections_per_ip: Option<usize>,
+    /// The peers whose `X-Forwarded-For` names the client (`None`: proxy headers ignored).
+    pub trusted_proxies: Option<TrustedProxies>,
     /// How long a closing handshake may take before the socket is dropped.
     pub close_timeout: Duration,
     /// `server: ferrosock` on every response the engine writes (HTTP, refusals, the 101).
     pub server_header: bool,
     /// hyper's `date` header on every response.
     pub date_header: bool,
+    /// How long a socket over `outbox_limit` may go without any byte written before it is
+    /// closed with 1013 (`slow.rs`).
+    pub slow_consumer_timeout: Duration,
 }
 
 pub fn seconds(value: Option<f64>) -> Option<Duration> {

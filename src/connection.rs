@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -40,7 +41,7 @@ pub trait Membership: Send + Sync {
     fn forget(&self, id: u64);
 }
 
-/// The byte limits of a connection's queues.
+/// The limits of a connection's queues.
 #[derive(Clone, Copy, Debug)]
 pub struct Buffers {
     /// Bytes the inbox holds before the driver stops reading (one larger message is taken
@@ -48,6 +49,24 @@ pub struct Buffers {
     pub inbox_limit: usize,
     /// Bytes the outbox holds before sends park and broadcasts apply their policy.
     pub outbox_limit: usize,
+    /// How long an outbox over its limit may go without a byte written before its socket
+    /// is closed with 1013 (`slow.rs`).
+    pub slow_consumer_timeout: Duration,
+}
+
+fn progress_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Now on the clock `progress_at` uses: nanoseconds since its epoch.
+pub fn progress_now() -> u64 {
+    progress_epoch().elapsed().as_nanos() as u64
+}
+
+/// The instant of a `progress_now` reading.
+pub fn progress_instant(nanos: u64) -> Instant {
+    progress_epoch() + Duration::from_nanos(nanos)
 }
 
 pub enum Incoming {
@@ -171,6 +190,15 @@ pub struct ConnShared {
     /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
     pub last_pong_at: AtomicU64,
     memberships: Mutex<Vec<Weak<dyn Membership>>>,
+    /// When a write last moved bytes of the outbox (`progress_now`): a socket over its
+    /// limit that makes no progress for `slow_consumer_timeout` is closed (`slow.rs`).
+    progress_at: AtomicU64,
+    /// A fan-out waits for room: notified once the outbox is under this many bytes
+    /// (stored plus one; 0 when nobody waits).
+    room_wanted: AtomicUsize,
+    pub room: tokio::sync::Notify,
+    /// A task watches a send parked past the outbox limit (`slow::watch_send`).
+    pub send_watch: AtomicBool,
 }
 
 impl ConnShared {
@@ -202,6 +230,10 @@ impl ConnShared {
             latency_us: AtomicU64::new(0),
             last_pong_at: AtomicU64::new(0),
             memberships: Mutex::new(Vec::new()),
+            progress_at: AtomicU64::new(0),
+            room_wanted: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            send_watch: AtomicBool::new(false),
         })
     }
 
@@ -410,6 +442,7 @@ impl ConnShared {
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            self.progress_at.store(progress_now(), Ordering::Release);
             while let Some(Outgoing { frame, size }) = queue.front_mut() {
                 let len = frame.wire_len();
                 if n < len {
@@ -484,12 +517,70 @@ impl ConnShared {
     /// Called by a writer after bytes left for the socket.
     pub fn written(self: &Arc<Self>, size: usize) {
         let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
+        if left < self.room_wanted.load(Ordering::Acquire)
+            && self.room_wanted.swap(0, Ordering::AcqRel) != 0
+        {
+            self.room.notify_waiters();
+        }
         if left <= self.buffers.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
             && self.sender_waiting.swap(false, Ordering::SeqCst)
         {
             self.owner.wake(self.clone(), true);
         }
+    }
+
+    // ---- slow consumers (`slow.rs`) ----
+
+    pub fn progress_at(&self) -> u64 {
+        self.progress_at.load(Ordering::Acquire)
+    }
+
+    /// Whether `offer` would queue `size` more bytes now.
+    pub fn has_room(&self, size: usize) -> bool {
+        let queued = self.outbox_bytes.load(Ordering::Acquire);
+        queued == 0 || queued + size <= self.buffers.outbox_limit
+    }
+
+    /// Notify `room` once the outbox has drained far enough for `size` more bytes, and to
+    /// half the limit at least, so that a waiting fan-out resumes in bulk. With several
+    /// waiters the first to be satisfied wakes all; the others ask again.
+    pub fn want_room(&self, size: usize) {
+        let limit = self.buffers.outbox_limit;
+        let below = limit.saturating_sub(size).min(limit / 2);
+        self.room_wanted.fetch_max(below + 1, Ordering::AcqRel);
+    }
+
+    /// A parked send resumes from here on.
+    pub fn outbox_under_half(&self) -> bool {
+        self.outbox_bytes.load(Ordering::Acquire) <= self.buffers.outbox_limit / 2
+    }
+
+    /// Close without first writing what is queued: the queued frames are discarded (all
+    /// but one already partly written, which must be finished) so that the close frame is
+    /// next on the wire. For a socket that is not reading, and at shutdown.
+    pub fn close_now(self: &Arc<Self>, code: u16, reason: &str) {
+        if !self.end(code, reason) {
+            return;
+        }
+        let freed = {
+            let mut outbox = self.outbox.lock();
+            let started = outbox.queue.front().is_some_and(|o| o.frame.is_started());
+            let keep = usize::from(started);
+            let mut freed = 0;
+            while outbox.queue.len() > keep {
+                freed += outbox.queue.pop_back().map_or(0, |o| o.size);
+            }
+            outbox.queue.push_back(Outgoing {
+                frame: OutFrame::close(code, reason),
+                size: 0,
+            });
+            freed
+        };
+        if freed > 0 {
+            self.written(freed);
+        }
+        self.wake_io();
     }
 
     /// Ask the driver to send a close frame; the connection counts as ended from now on.
@@ -552,6 +643,8 @@ impl ConnShared {
         if wake_sender {
             self.owner.wake(self.clone(), true);
         }
+        // A fan-out waiting for room in this outbox stops waiting.
+        self.room.notify_waiters();
         self.owner.log(
             LOG_DEBUG,
             format!("connection {} ended with {code} {reason}", self.id),
@@ -579,7 +672,7 @@ impl ConnShared {
     }
 }
 
-fn lost() -> CloseInfo {
+pub fn lost() -> CloseInfo {
     CloseInfo {
         code: 1006,
         reason: String::new(),

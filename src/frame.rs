@@ -580,6 +580,11 @@ impl OutFrame {
         &self.head[..self.head_len as usize]
     }
 
+    /// Part of the frame is on the wire already (it was cut by `after`).
+    pub fn is_started(&self) -> bool {
+        self.head_len == 0
+    }
+
     pub fn is_close(&self) -> bool {
         self.head[0] & 0x0F == OP_CLOSE
     }

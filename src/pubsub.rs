@@ -42,6 +42,8 @@ const ROOM_LINGER: Duration = Duration::from_secs(2);
 /// A node tag's claim in Redis lives this long and is renewed every `CLAIM_RENEW`.
 const CLAIM_TTL_SECONDS: u64 = 30;
 const CLAIM_RENEW: Duration = Duration::from_secs(10);
+/// How often a reader that stopped for the local fan-out looks whether it may go on.
+const KEEP_UP_POLL: Duration = Duration::from_millis(1);
 /// One pipeline holds at most this many messages or bytes.
 const BATCH_MESSAGES: usize = 512;
 const BATCH_BYTES: usize = 1 << 20;
@@ -50,6 +52,8 @@ const BATCH_BYTES: usize = 1 << 20;
 pub trait LocalMembers: Send + Sync {
     /// Offer a message from another process to the local members `target` names.
     fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>);
+    /// Whether deliveries are this far behind that the reader should wait for them.
+    fn backlog_full(&self) -> bool;
     /// This process's answer to a query: `[count]`, or the member ids.
     fn answer(&self, query: Query, room: Option<&str>) -> Vec<u64>;
 }
@@ -561,9 +565,14 @@ impl Link {
             let mut ping = tokio::time::interval(PING_EVERY);
             let mut renew = tokio::time::interval(CLAIM_RENEW);
             loop {
+                // While the local fan-out is over its backlog limit (members waited for,
+                // see `slow.rs`), stop reading: Redis holds what follows, within its own
+                // limits. Publishing and pings go on.
+                let behind = self.local().is_some_and(|local| local.backlog_full());
                 tokio::select! {
                     reason = &mut publishing => return Err::<(), String>(reason),
-                    message = stream.next() => match message {
+                    () = tokio::time::sleep(KEEP_UP_POLL), if behind => {}
+                    message = stream.next(), if !behind => match message {
                         Some(message) => self.receive(&message),
                         None => return Err("the subscription connection closed".to_owned()),
                     },

@@ -2,17 +2,23 @@
 //!
 //! Members are connections, optionally in rooms. Everything a registry is asked to send —
 //! broadcasts and messages to one member — goes through one FIFO to a fan-out task on the
-//! IO threads, so deliveries keep the order they were asked in and the caller never waits.
-//! A broadcast is encoded once; each member gets a clone of the same bytes, offered to its
-//! outbox without waiting. A member whose outbox is full is closed with 1013 or skipped,
-//! by policy: a slow or dead member never delays the others. Connections leave every
-//! registry by themselves when they end.
+//! IO threads, so deliveries keep the order they were asked in. A broadcast is encoded
+//! once; each member gets a clone of the same bytes, offered to its outbox. A member whose
+//! outbox is full is, by policy: waited for ("wait", the default: the fan-out awaits room
+//! in that outbox, and the socket is closed with 1013 only once it has taken no byte for
+//! `slow_consumer_timeout`, see `slow.rs`), closed with 1013 at once ("close") or skipped
+//! ("drop"). Under "wait" a slower member slows this registry's deliveries, as an
+//! `await send_text` per member would, but no other registry's and no thread: the wait is
+//! an async one. The FIFO is bounded by the manager's backlog limit: publishers wait
+//! while it is over (`ConnectionManager._keep_up`, woken through an eventfd when the
+//! fan-out is half caught up, and the backend's reader). Connections
+//! leave every registry by themselves when they end.
 //!
 //! With a broadcast backend (`pubsub.rs`) every broadcast is also published once, and what
-//! other processes publish is offered to the local members by the same `deliver`.
+//! other processes publish goes through the same FIFO to the local members.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -22,12 +28,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use tokio::sync::mpsc;
 
-use crate::connection::{frame_size, ConnShared, Membership, Offer};
+use crate::bridge::Bridge;
+use crate::connection::{frame_size, progress_now, ConnShared, Membership, Offer};
 use crate::convert::{bytes_of, text_of};
 use crate::envelope::{Query, Target};
 use crate::frame::OutFrame;
 use crate::node;
 use crate::pubsub::{self, LocalMembers, Notice, QueryError};
+use crate::slow::{self, Waited};
 use crate::stats::{self, counter};
 use crate::websocket::Connection;
 
@@ -36,6 +44,7 @@ const MAX_ROOM_NAME: usize = u16::MAX as usize;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumer {
+    Wait,
     Close,
     Drop,
 }
@@ -96,9 +105,21 @@ pub struct RegistryInner {
     members: Mutex<Members>,
     /// Bytes handed to the fan-out task and not yet offered to the members.
     backlog: AtomicUsize,
+    /// Publishers wait while `backlog` is over this.
+    backlog_limit: usize,
+    /// Publishers wait for the fan-out to be half caught up: told through this eventfd
+    /// (made on first use, so that forked workers never share it).
+    caught_up: OnceLock<Bridge<()>>,
+    publishers_waiting: AtomicBool,
     policy: SlowConsumer,
     counters: Counters,
     backend: OnceLock<Arc<pubsub::Link>>,
+    queue: mpsc::UnboundedSender<Delivery>,
+    /// The fan-out task starts with the first delivery, not at construction: a registry
+    /// made at import time must not start IO threads in a process that forks workers.
+    fan_out: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    started: std::sync::Once,
+    this: Weak<RegistryInner>,
 }
 
 impl Membership for RegistryInner {
@@ -118,20 +139,98 @@ impl RegistryInner {
         }
     }
 
-    fn deliver(&self, delivery: Delivery, to_write: &mut Vec<Arc<ConnShared>>) {
-        self.offer(
+    /// Hand a delivery to the fan-out task (started on first use).
+    fn enqueue(&self, frame: OutFrame, target: Target, exclude: Option<u64>) {
+        self.started.call_once(|| {
+            if let Some(deliveries) = self.fan_out.lock().take() {
+                crate::runtime::get().spawn(fan_out(self.this.clone(), deliveries));
+            }
+        });
+        let size = frame_size(&frame);
+        self.backlog.fetch_add(size, Ordering::AcqRel);
+        // The fan-out task lives as long as the registry.
+        let _ = self.queue.send(Delivery {
+            frame,
+            size,
+            target,
+            exclude,
+        });
+    }
+
+    async fn deliver(&self, delivery: Delivery, to_write: &mut Vec<Arc<ConnShared>>) {
+        let waiting = self.offer(
             &delivery.frame,
             delivery.size,
             &delivery.target,
             delivery.exclude,
             to_write,
         );
-        self.backlog.fetch_sub(delivery.size, Ordering::AcqRel);
+        if !waiting.is_empty() {
+            // What the burst queued goes out first: a member waited for may be full of it.
+            write_offered(to_write);
+            self.wait_for(waiting, &delivery.frame, delivery.size).await;
+        }
+        // SeqCst with the flag: `await_backlog` stores the flag, then reads the backlog.
+        let left = self.backlog.fetch_sub(delivery.size, Ordering::SeqCst) - delivery.size;
+        if left <= self.backlog_limit / 2
+            && self.publishers_waiting.load(Ordering::SeqCst)
+            && self.publishers_waiting.swap(false, Ordering::SeqCst)
+        {
+            if let Some(caught_up) = self.caught_up.get() {
+                caught_up.push(());
+            }
+        }
     }
 
-    /// Offer one frame to the members `target` names, by the slow-consumer policy. The
-    /// members whose outbox it was first in are added to `to_write`: the caller writes
-    /// each of them once, after all it offered in a burst (`write_offered`).
+    /// Policy "wait": queue the frame to each member that was full, once it has room. The
+    /// members' clocks all start now, so that several stalled members together hold the
+    /// fan-out for one `slow_consumer_timeout`, not one each.
+    async fn wait_for(&self, waiting: Vec<Arc<ConnShared>>, frame: &OutFrame, size: usize) {
+        let since = progress_now();
+        let mut delivered = 0;
+        let mut closed = 0;
+        for conn in waiting {
+            loop {
+                match slow::wait_for_room(&conn, size, since).await {
+                    Waited::Room => {}
+                    Waited::Ended => break,
+                    Waited::Closed => {
+                        closed += 1;
+                        break;
+                    }
+                }
+                // Another writer may have filled it again in between: then wait again.
+                match conn.offer(frame.clone(), size) {
+                    Offer::First => {
+                        delivered += 1;
+                        conn.write_now();
+                        break;
+                    }
+                    Offer::Queued => {
+                        delivered += 1;
+                        break;
+                    }
+                    Offer::Full => {}
+                    Offer::Ended => break,
+                }
+            }
+        }
+        self.count(frame, delivered, 0, closed);
+    }
+
+    fn count(&self, frame: &OutFrame, delivered: u64, dropped: u64, closed: u64) {
+        stats::add(&counter::messages_sent, delivered);
+        stats::add(&counter::bytes_sent, delivered * frame.payload.len() as u64);
+        let counters = &self.counters;
+        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
+        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        counters.closed_slow.fetch_add(closed, Ordering::Relaxed);
+    }
+
+    /// Offer one frame to the members `target` names, by the slow-consumer policy; returns
+    /// the members to wait for (policy "wait"). The members whose outbox it was first in
+    /// are added to `to_write`: the caller writes each of them once, after all it offered
+    /// in a burst (`write_offered`).
     fn offer(
         &self,
         frame: &OutFrame,
@@ -139,7 +238,7 @@ impl RegistryInner {
         target: &Target,
         exclude: Option<u64>,
         to_write: &mut Vec<Arc<ConnShared>>,
-    ) {
+    ) -> Vec<Arc<ConnShared>> {
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
         let mut dropped = 0;
@@ -158,7 +257,7 @@ impl RegistryInner {
                     Offer::Ended => {}
                     Offer::Full => match self.policy {
                         SlowConsumer::Drop => dropped += 1,
-                        SlowConsumer::Close => slow.push(conn.clone()),
+                        SlowConsumer::Close | SlowConsumer::Wait => slow.push(conn.clone()),
                     },
                 }
             };
@@ -178,18 +277,16 @@ impl RegistryInner {
                 }
             }
         }
-        stats::add(&counter::messages_sent, delivered);
-        stats::add(&counter::bytes_sent, delivered * frame.payload.len() as u64);
-        let counters = &self.counters;
-        counters.delivered.fetch_add(delivered, Ordering::Relaxed);
-        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-        counters
-            .closed_slow
-            .fetch_add(slow.len() as u64, Ordering::Relaxed);
+        if self.policy == SlowConsumer::Wait {
+            self.count(frame, delivered, dropped, 0);
+            return slow;
+        }
+        self.count(frame, delivered, dropped, slow.len() as u64);
         // Closing takes the members lock (the connection leaves): outside the lock above.
         for conn in slow {
             conn.close(1013, "slow consumer: outbox full");
         }
+        Vec::new()
     }
 }
 
@@ -202,9 +299,11 @@ fn write_offered(to_write: &mut Vec<Arc<ConnShared>>) {
 
 impl LocalMembers for RegistryInner {
     fn deliver_remote(&self, frame: OutFrame, target: &Target, exclude: Option<u64>) {
-        let mut to_write = Vec::new();
-        self.offer(&frame, frame_size(&frame), target, exclude, &mut to_write);
-        write_offered(&mut to_write);
+        self.enqueue(frame, target.clone(), exclude);
+    }
+
+    fn backlog_full(&self) -> bool {
+        self.backlog.load(Ordering::Acquire) > self.backlog_limit
     }
 
     fn answer(&self, query: Query, room: Option<&str>) -> Vec<u64> {
@@ -235,11 +334,11 @@ async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiv
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        registry.deliver(delivery, &mut to_write);
+        registry.deliver(delivery, &mut to_write).await;
         // Deliver whatever else is already queued before writing and yielding.
         for _ in 1..BURST {
             match queue.try_recv() {
-                Ok(delivery) => registry.deliver(delivery, &mut to_write),
+                Ok(delivery) => registry.deliver(delivery, &mut to_write).await,
                 Err(_) => break,
             }
         }
@@ -250,11 +349,6 @@ async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiv
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Registry {
     inner: Arc<RegistryInner>,
-    queue: mpsc::UnboundedSender<Delivery>,
-    /// The fan-out task starts with the first delivery, not at construction: a registry
-    /// made at import time must not start IO threads in a process that forks workers.
-    fan_out: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
-    started: std::sync::Once,
 }
 
 impl Registry {
@@ -300,20 +394,7 @@ impl Registry {
                 .broadcasts
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.started.call_once(|| {
-            if let Some(deliveries) = self.fan_out.lock().take() {
-                crate::runtime::get().spawn(fan_out(self.weak(), deliveries));
-            }
-        });
-        let size = frame_size(&frame);
-        self.inner.backlog.fetch_add(size, Ordering::AcqRel);
-        // The fan-out task lives as long as the registry.
-        let _ = self.queue.send(Delivery {
-            frame,
-            size,
-            target,
-            exclude,
-        });
+        self.inner.enqueue(frame, target, exclude);
     }
 
     /// Send to one member, here or (with a backend) on the process its id names. True
@@ -350,31 +431,34 @@ impl Registry {
 #[pymethods]
 impl Registry {
     #[new]
-    #[pyo3(signature = (*, slow_consumer="close"))]
-    fn new(slow_consumer: &str) -> PyResult<Self> {
+    #[pyo3(signature = (*, slow_consumer, backlog_limit))]
+    fn new(slow_consumer: &str, backlog_limit: usize) -> PyResult<Self> {
         let policy = match slow_consumer {
+            "wait" => SlowConsumer::Wait,
             "close" => SlowConsumer::Close,
             "drop" => SlowConsumer::Drop,
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "slow_consumer must be \"close\" or \"drop\", not {other:?}"
+                    "slow_consumer must be \"wait\", \"close\" or \"drop\", not {other:?}"
                 )))
             }
         };
-        let inner = Arc::new(RegistryInner {
+        let (queue, deliveries) = mpsc::unbounded_channel();
+        let inner = Arc::new_cyclic(|this| RegistryInner {
             members: Mutex::new(Members::default()),
             backlog: AtomicUsize::new(0),
+            backlog_limit,
+            caught_up: OnceLock::new(),
+            publishers_waiting: AtomicBool::new(false),
             policy,
             counters: Counters::default(),
             backend: OnceLock::new(),
-        });
-        let (queue, deliveries) = mpsc::unbounded_channel();
-        Ok(Self {
-            inner,
             queue,
             fan_out: Mutex::new(Some(deliveries)),
             started: std::sync::Once::new(),
-        })
+            this: this.clone(),
+        });
+        Ok(Self { inner })
     }
 
     fn add(&self, conn: &Connection) -> bool {
@@ -590,6 +674,30 @@ impl Registry {
     /// while this is over its limit, so the queue stays bounded.
     fn backlog(&self) -> usize {
         self.inner.backlog.load(Ordering::Acquire)
+    }
+
+    /// The eventfd that becomes readable when the fan-out is half caught up after
+    /// `await_backlog` asked for it (`backlog_drain` resets it).
+    fn backlog_fd(&self) -> PyResult<i32> {
+        if let Some(caught_up) = self.inner.caught_up.get() {
+            return Ok(caught_up.fd());
+        }
+        let bridge = Bridge::new()?;
+        Ok(self.inner.caught_up.get_or_init(|| bridge).fd())
+    }
+
+    /// A publisher is about to wait: true if the backlog is still over half the limit,
+    /// and then `backlog_fd` is signalled once it is not.
+    fn await_backlog(&self) -> bool {
+        let inner = &self.inner;
+        inner.publishers_waiting.store(true, Ordering::SeqCst);
+        inner.backlog.load(Ordering::SeqCst) > inner.backlog_limit / 2
+    }
+
+    fn backlog_drain(&self) {
+        if let Some(caught_up) = self.inner.caught_up.get() {
+            caught_up.take(&mut Vec::new());
+        }
     }
 
     fn __len__(&self) -> usize {

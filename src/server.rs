@@ -30,8 +30,11 @@ use crate::bridge::{Bridge, LOG_DEBUG, LOG_INFO, LOG_WARNING};
 use crate::config::{seconds, ServerConfig};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
+use crate::forwarded::TrustedProxies;
 use crate::handshake::{self, has_token, Decision, Handshake};
 use crate::http::{HttpRequest, PendingRequest, Reply};
+use crate::http_limits;
+use crate::per_client::PerClient;
 use crate::poller::{self, Poller};
 use crate::protocol::Limits;
 use crate::router::{percent_decode, Routes};
@@ -39,9 +42,6 @@ use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
 use crate::tls::{self, TlsFiles};
 use crate::websocket::Connection;
-
-/// How long a client may take over the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
 
@@ -66,6 +66,8 @@ pub struct ServerState {
     routes: Routes,
     hooks: Arc<LoopHooks>,
     live: Mutex<HashMap<u64, Arc<ConnShared>>>,
+    /// Open WebSockets per client address (`max_connections_per_ip`).
+    per_client: PerClient,
     shutdown: CancellationToken,
     /// Reads and writes the upgraded sockets, on the loop thread.
     poller: Arc<Poller>,
@@ -94,6 +96,7 @@ impl Owner for ServerState {
 
     fn forget(&self, id: u64) {
         self.live.lock().remove(&id);
+        self.per_client.release(id);
     }
 }
 
@@ -117,8 +120,10 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host, port, fd, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout, server_header, date_header, ssl_certfile, ssl_keyfile,
-        ssl_keyfile_password, ssl_ca_certs, ssl_cert_reqs,
+        close_timeout, slow_consumer_timeout, ssl_certfile, ssl_keyfile, ssl_keyfile_password,
+        ssl_ca_certs, ssl_cert_reqs, handshake_timeout, timeout_keep_alive,
+        http_max_header_size, http_max_headers, max_connections_per_ip, forwarded_allow_ips,
+        server_header, date_header,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -141,13 +146,20 @@ impl Server {
         http_max_body: usize,
         io_threads: Option<usize>,
         close_timeout: f64,
-        server_header: bool,
-        date_header: bool,
+        slow_consumer_timeout: f64,
         ssl_certfile: Option<String>,
         ssl_keyfile: Option<String>,
         ssl_keyfile_password: Option<String>,
         ssl_ca_certs: Option<String>,
         ssl_cert_reqs: u8,
+        handshake_timeout: f64,
+        timeout_keep_alive: f64,
+        http_max_header_size: usize,
+        http_max_headers: usize,
+        max_connections_per_ip: Option<usize>,
+        forwarded_allow_ips: Option<String>,
+        server_header: bool,
+        date_header: bool,
     ) -> PyResult<Self> {
         let tls = tls_config(
             ssl_certfile,
@@ -158,6 +170,10 @@ impl Server {
         )?
         .map(tokio_rustls::TlsAcceptor::from);
         let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
+        let trusted_proxies = forwarded_allow_ips
+            .map(|spec| TrustedProxies::parse(&spec))
+            .transpose()
+            .map_err(PyValueError::new_err)?;
         let config = ServerConfig {
             host,
             port,
@@ -173,6 +189,13 @@ impl Server {
             inbox_limit: inbox_limit.max(1),
             http_max_body,
             close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
+            slow_consumer_timeout: Duration::from_secs_f64(slow_consumer_timeout.max(0.01)),
+            handshake_timeout: Duration::from_secs_f64(handshake_timeout.max(0.01)),
+            timeout_keep_alive: Duration::from_secs_f64(timeout_keep_alive.max(0.01)),
+            http_max_header_size,
+            http_max_headers: http_max_headers.max(1),
+            max_connections_per_ip,
+            trusted_proxies,
             server_header,
             date_header,
         };
@@ -183,6 +206,7 @@ impl Server {
             close_timeout: config.close_timeout,
         })?;
         let state = ServerState {
+            per_client: PerClient::new(config.max_connections_per_ip),
             config,
             bridge: Bridge::new()?,
             routes,
@@ -273,8 +297,10 @@ impl Server {
     fn shutdown(&self, code: u16, reason: &str) {
         self.state.shutdown.cancel();
         let live: Vec<Arc<ConnShared>> = self.state.live.lock().values().cloned().collect();
+        // What is still queued would hold the close back, behind a reader that may be
+        // slow or gone; the sockets are dropped once the handlers are done anyway.
         for conn in live {
-            conn.close(code, reason);
+            conn.close_now(code, reason);
         }
     }
 
@@ -395,10 +421,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let local = stream.local_addr().unwrap_or(peer);
     match &state.tls {
-        None => serve_http(TokioIo::new(stream), peer, local, state).await,
+        None => serve_http(stream, peer, local, state).await,
         Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, local, state).await,
+            // The TLS handshake counts against the time the request head may take.
+            let deadline = state.config.handshake_timeout;
+            match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(tls, peer, local, state).await,
                 Ok(Err(error)) => {
                     state.log(LOG_DEBUG, format!("{peer}: TLS handshake failed: {error}"))
                 }
@@ -409,25 +437,33 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Server
 }
 
 /// HTTP/1.1 over the accepted connection, plain or TLS.
-async fn serve_http<I>(io: I, peer: SocketAddr, local: SocketAddr, state: Arc<ServerState>)
+async fn serve_http<S>(io: S, peer: SocketAddr, local: SocketAddr, state: Arc<ServerState>)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service_state = state.clone();
+    let (mut builder, served) = http_limits::builder(&state.config);
     let service = hyper::service::service_fn(move |request| {
+        served.mark();
         handle(request, service_state.clone(), peer, local)
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
+    let mut connection = builder
         .auto_date_header(state.config.date_header)
-        .serve_connection(io, service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
+    let ended = tokio::select! {
+        ended = &mut connection => ended,
         _ = state.shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
             let _ = tokio::time::timeout(state.config.close_timeout, connection).await;
+            return;
+        }
+    };
+    if let Err(error) = ended {
+        if http_limits::answered_with_error(&error) {
+            if let Some(parts) = connection.into_parts() {
+                http_limits::linger(parts.io.into_inner()).await;
+            }
         }
     }
 }
@@ -626,6 +662,21 @@ async fn websocket_handshake(
         log_request(state, peer, "GET", &path, 503, "max_connections reached");
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
+    let id = crate::node::next_id();
+    let trusted = state.config.trusted_proxies.as_ref();
+    let client = TrustedProxies::client_of(trusted, peer.ip(), request.headers());
+    if !state.per_client.admit(id, client) {
+        stats::record_refusal(Refusal::OverClientLimit);
+        log_request(
+            state,
+            peer,
+            "GET",
+            &path,
+            429,
+            "max_connections_per_ip reached",
+        );
+        return text_response(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+    }
     let key = request
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -633,8 +684,9 @@ async fn websocket_handshake(
     let buffers = Buffers {
         inbox_limit: state.config.inbox_limit,
         outbox_limit: state.config.outbox_limit,
+        slow_consumer_timeout: state.config.slow_consumer_timeout,
     };
-    let shared = ConnShared::new(crate::node::next_id(), state.clone(), buffers);
+    let shared = ConnShared::new(id, state.clone(), buffers);
     let (decision_tx, decision_rx) = oneshot::channel();
     let handshake = Handshake {
         route_id,

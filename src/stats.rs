@@ -101,6 +101,8 @@ pub enum Refusal {
     NotFound,
     /// `max_connections` open already (503).
     OverCapacity,
+    /// `max_connections_per_ip` open already from this client (429).
+    OverClientLimit,
     /// The handler closed before accepting (403).
     AppRefused,
     /// The handler sent a response of its own (`send_denial_response`).
@@ -112,11 +114,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::BadRequest,
         Refusal::ForbiddenOrigin,
         Refusal::NotFound,
         Refusal::OverCapacity,
+        Refusal::OverClientLimit,
         Refusal::AppRefused,
         Refusal::DenialResponse,
         Refusal::Error,
@@ -129,6 +132,7 @@ impl Refusal {
             Refusal::ForbiddenOrigin => "forbidden_origin",
             Refusal::NotFound => "not_found",
             Refusal::OverCapacity => "over_capacity",
+            Refusal::OverClientLimit => "over_client_limit",
             Refusal::AppRefused => "app_refused",
             Refusal::DenialResponse => "denial_response",
             Refusal::Error => "error",

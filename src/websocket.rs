@@ -131,6 +131,7 @@ impl Connection {
         match queued {
             Err(info) => Err(disconnect_error(py, &info)),
             Ok(queued) if queued > self.shared.buffers.outbox_limit => {
+                crate::slow::watch_send(&self.shared);
                 let op = Op::new(self.shared.clone(), &self.hooks, OpKind::SendDrain, false);
                 Ok(Py::new(py, op)?.into_any())
             }

@@ -173,3 +173,19 @@ class ServerProcess:
 
     def http_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+def startup_error(target: str, *extra_args: str) -> str:
+    """The one stderr line of a ``ferrosock run`` that refuses to start (fails the test if
+    it starts, or says more or less than one line)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ferrosock", "run", target, "--port", "0", *extra_args],
+        cwd=TESTS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0, f"{target} {extra_args} started"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

@@ -84,6 +84,8 @@ def test_env_file_settings_and_bad_files_fail_at_startup_naming_the_setting(tmp_
     assert result.returncode != 0 and "log_config" in result.stderr
     result = _run("apps.deploy:app", "--log-level", "loud")
     assert result.returncode != 0 and "log_level" in result.stderr
+    result = _run("apps.deploy:app", "--slow-consumer-timeout", "0")
+    assert result.returncode != 0 and "slow_consumer_timeout" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
-from core_server import TESTS_DIR
+from core_server import startup_error
 from core_support import http_request, recv
 from websockets.asyncio.client import connect
 
@@ -163,13 +161,5 @@ async def test_without_root_path_the_scope_says_so(start_server):
     ],
 )
 def test_a_bad_setting_fails_at_startup_with_one_line_naming_it(flag, value, named, culprit):
-    result = subprocess.run(
-        [sys.executable, "-m", "ferrosock", "run", APP, "--port", "0", flag, value],
-        cwd=TESTS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0] and culprit in lines[0], result.stderr
+    line = startup_error(APP, flag, value)
+    assert named in line and culprit in line, line

@@ -243,3 +243,157 @@ async def test_stalled_member_never_holds_up_the_others(start_server, policy):
     stalled.vanish()
     for member in healthy:
         await member.close()
+
+
+# ---- the default policy, "wait": slower readers lose nothing ---------------------------
+
+READERS = 5
+BURST_MESSAGES = 2000
+BURST_SIZE = 8 * 1024
+SLOW_TIMEOUT = 2.0
+# Time past SLOW_TIMEOUT for the stalled member's outbox to fill and the close to be seen,
+# on a loaded machine.
+CLOSE_SLACK = 4.0
+BACKLOG_LIMIT = 8 << 20  # ConnectionManager's default
+
+
+async def sample_backlog(port: int, group: str, samples: list[int], stop: asyncio.Event) -> None:
+    """The manager's backlog (bytes waiting for its fan-out), every 20 ms until ``stop``."""
+    while not stop.is_set():
+        samples.append((await http_get(port, f"/state/{group}")).json()["stats"]["backlog"])
+        try:
+            await asyncio.wait_for(stop.wait(), 0.02)
+        except TimeoutError:
+            pass
+
+
+async def read_sequence(websocket, count: int) -> list[int]:
+    """Read ``count`` broadcasts of the burst command; the sequence numbers received."""
+    numbers = []
+    for _ in range(count):
+        message = await recv(websocket)
+        assert len(message) == BURST_SIZE
+        numbers.append(int(message[:8]))
+    return numbers
+
+
+async def test_slower_readers_get_every_message_and_a_stalled_one_is_closed(start_server):
+    """Five clients reading as fast as a Python client can are slower than the publisher:
+    under "wait" each gets all 2000 messages in order, while a member that never reads
+    is closed with 1013 within ``slow_consumer_timeout`` and the others then go on."""
+    group = "wait-readers"
+    server = start_server(
+        "apps.manager_apps:app",
+        "--slow-consumer-timeout",
+        str(SLOW_TIMEOUT),
+        "--ws-ping-interval",
+        "0",
+        "--no-access-log",
+    )
+    readers = [
+        await connect(server.ws_url(f"/sub/{group}"), open_timeout=IO_TIMEOUT)
+        for _ in range(READERS)
+    ]
+    for reader in readers:
+        assert (await recv(reader)).startswith("joined ")
+    stalled, stalled_id = await open_stalled_member(server.port, f"/sub/{group}")
+    loop = asyncio.get_running_loop()
+    backlog: list[int] = []
+    sampled = asyncio.Event()
+    sampler = asyncio.ensure_future(sample_backlog(server.port, group, backlog, sampled))
+    async with connect(server.ws_url(f"/pub/{group}"), open_timeout=IO_TIMEOUT) as publisher:
+        started = loop.time()
+        command = {"op": "burst", "start": 0, "count": BURST_MESSAGES, "size": BURST_SIZE}
+        await publisher.send(json.dumps(command))
+        received = [
+            asyncio.ensure_future(read_sequence(reader, BURST_MESSAGES)) for reader in readers
+        ]
+        seen = await outcome(server.port, f"{group}:{stalled_id}")
+        closed_after = loop.time() - started
+        assert seen["exception"] == "WebSocketDisconnect", seen
+        assert (seen["code"], seen["reason"]) == (1013, "slow consumer: no progress"), seen
+        assert closed_after <= SLOW_TIMEOUT + CLOSE_SLACK, closed_after
+        for numbers in await asyncio.gather(*received):
+            assert numbers == list(range(BURST_MESSAGES))
+        assert await recv(publisher) == f"sent {BURST_MESSAGES}"
+    sampled.set()
+    await sampler
+    # While the fan-out waited for the stalled member the publisher got ahead (the burst
+    # is nearly twice the backlog limit), and then it waited too: the queue stayed bounded.
+    assert BACKLOG_LIMIT // 2 <= max(backlog) <= BACKLOG_LIMIT + BURST_SIZE, max(backlog)
+
+    stats = (await http_get(server.port, f"/state/{group}")).json()["stats"]
+    assert stats["closed_slow"] == 1
+    assert stats["dropped"] == 0
+    queued_to_stalled = stats["delivered"] - READERS * BURST_MESSAGES
+    # The stalled member's queued messages were discarded: once it reads again, the close
+    # comes after what its socket buffers held, not after a full outbox.
+    stalled.writer.transport.resume_reading()
+    before_close = 0
+    while (frame := await stalled.read_frame()).opcode != OPCODE_CLOSE:
+        before_close += 1
+    assert frame.close_code == 1013
+    outbox_messages = (1 << 20) // BURST_SIZE
+    assert queued_to_stalled - before_close >= outbox_messages // 2, (
+        f"{before_close} of the {queued_to_stalled} messages queued to the stalled member "
+        "reached it before the close"
+    )
+    for reader in readers:
+        await reader.close()
+
+
+async def test_a_waiting_fanout_holds_only_its_manager_and_ends_when_the_member_does(
+    start_server,
+):
+    """With a long timeout, one manager's fan-out waits for a member that stopped reading:
+    another manager's broadcasts still arrive at once, and when the stalled member goes
+    away the waiting fan-out goes on at once, not at the timeout."""
+    long_timeout = 60.0
+    held, free = "wait-held", "wait-free"
+    server = start_server(
+        "apps.manager_apps:app",
+        "--slow-consumer-timeout",
+        str(long_timeout),
+        "--ws-ping-interval",
+        "0",
+        "--no-access-log",
+    )
+    reader = await connect(server.ws_url(f"/sub/{held}"), open_timeout=IO_TIMEOUT)
+    other = await connect(server.ws_url(f"/sub/{free}"), open_timeout=IO_TIMEOUT)
+    for client in (reader, other):
+        assert (await recv(client)).startswith("joined ")
+    stalled, stalled_id = await open_stalled_member(server.port, f"/sub/{held}")
+    loop = asyncio.get_running_loop()
+    count = 1000  # 8 MB: more than the stalled member's socket buffers and outbox hold
+    async with (
+        connect(server.ws_url(f"/pub/{held}"), open_timeout=IO_TIMEOUT) as held_publisher,
+        connect(server.ws_url(f"/pub/{free}"), open_timeout=IO_TIMEOUT) as free_publisher,
+    ):
+        command = {"op": "burst", "start": 0, "count": count, "size": BURST_SIZE}
+        await held_publisher.send(json.dumps(command))
+        # The reader gets what came before the stalled member filled up, then nothing.
+        numbers = []
+        while True:
+            try:
+                message = await asyncio.wait_for(reader.recv(), 1.0)
+            except TimeoutError:
+                break
+            numbers.append(int(message[:8]))
+        assert 0 < len(numbers) < count
+
+        started = loop.time()
+        for index in range(10):
+            await free_publisher.send(json.dumps({"op": "broadcast", "text": f"free {index}"}))
+        assert [await recv(other) for _ in range(10)] == [f"free {i}" for i in range(10)]
+        assert loop.time() - started < IO_TIMEOUT
+
+        started = loop.time()
+        stalled.writer.transport.abort()
+        numbers += await read_sequence(reader, count - len(numbers))
+        assert numbers == list(range(count))
+        assert loop.time() - started < long_timeout / 4
+        assert await recv(held_publisher) == f"sent {count}"
+    seen = await outcome(server.port, f"{held}:{stalled_id}")
+    assert seen["code"] == 1006, seen
+    for client in (reader, other):
+        await client.close()

@@ -118,6 +118,7 @@ REFUSAL_REASONS = {
     "forbidden_origin",
     "not_found",
     "over_capacity",
+    "over_client_limit",
     "app_refused",
     "denial_response",
     "error",
@@ -132,6 +133,8 @@ async def test_handshakes_are_counted_accepted_and_refused_by_reason(start_serve
         "--metrics-path",
         "/metrics",
         "--max-connections",
+        "2",
+        "--max-connections-per-ip",
         "1",
         "--allowed-origins",
         ALLOWED,
@@ -158,12 +161,19 @@ async def test_handshakes_are_counted_accepted_and_refused_by_reason(start_serve
     assert await answer("/close-before-accept") == 403
     assert await answer("/denied") == 429
     assert await answer("/crash-before-accept") == 500
-    async with connect(server.ws_url("/accept"), origin=ALLOWED, open_timeout=TIMEOUT) as held:
+    url = server.ws_url("/accept")
+    async with connect(url, origin=ALLOWED, open_timeout=TIMEOUT) as held:
         await held.send("hello")
         assert await asyncio.wait_for(held.recv(), TIMEOUT) == "hello"
-        assert await answer("/accept") == 503  # max_connections is 1
-        after = await scrape(server)
-    assert value(after, "ferrosock_handshakes_accepted_total") == 1
+        assert await answer("/accept") == 429  # one per address
+        # Another client address on the loopback network takes the second place.
+        elsewhere = {"local_addr": ("127.0.0.2", 0)}
+        async with connect(url, origin=ALLOWED, open_timeout=TIMEOUT, **elsewhere) as other:
+            await other.send("hello")
+            assert await asyncio.wait_for(other.recv(), TIMEOUT) == "hello"
+            assert await answer("/accept") == 503  # max_connections is 2
+            after = await scrape(server)
+    assert value(after, "ferrosock_handshakes_accepted_total") == 2
     for reason in REFUSAL_REASONS - {"shutdown"}:
         assert value(after, "ferrosock_handshakes_refused_total", reason=reason) == 1, reason
     assert value(after, "ferrosock_handshakes_refused_total", reason="shutdown") == 0

@@ -1,11 +1,13 @@
 """Type stubs for ferrosock's Rust engine (``ferrosock._engine``).
 
-The engine owns every socket. Python sees four kinds of object:
+The engine owns every socket. Python sees five kinds of object:
 
 * ``Server`` — listener, HTTP/1.1, WebSocket upgrades, the ready queue the event loop drains.
 * ``Connection`` — one WebSocket, before and after the handshake is accepted.
 * ``HttpRequest`` — one HTTP request, answered once with ``respond``.
 * ``Registry`` — the native broadcast registry behind ``ferrosock.ConnectionManager``.
+* ``TrustedProxies`` — ``forwarded_allow_ips``: which peers are proxies, which client an
+  ``X-Forwarded-For`` chain names (the engine and ``proxies.Forwarding`` share it).
 
 Awaitables returned by ``Connection`` methods finish on their first step when no wait is
 needed (data already in the inbox, room in the outbox); only a real wait parks on a loop
@@ -43,11 +45,18 @@ class Server:
         close_timeout: float,
         server_header: bool,
         date_header: bool,
+        slow_consumer_timeout: float,
         ssl_certfile: str | None,
         ssl_keyfile: str | None,
         ssl_keyfile_password: str | None,
         ssl_ca_certs: str | None,
         ssl_cert_reqs: int,
+        handshake_timeout: float,
+        timeout_keep_alive: float,
+        http_max_header_size: int,
+        http_max_headers: int,
+        max_connections_per_ip: int | None,
+        forwarded_allow_ips: str | None,
     ) -> Server:
         """``routes``: ``(path template, kind, HTTP methods, route id)``; templates use
         ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
@@ -163,8 +172,24 @@ class HttpRequest:
     def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
 
 @final
+class TrustedProxies:
+    """``forwarded_allow_ips`` parsed: comma-separated addresses and CIDR networks, ``*``
+    for any; anything else is a ``ValueError`` naming the setting. The engine counts
+    ``max_connections_per_ip`` by the client it names, as ``proxies.Forwarding`` reports it."""
+
+    def __new__(cls, spec: str) -> TrustedProxies: ...
+    def __contains__(self, host: object, /) -> bool:
+        """Whether ``host`` (an address string) is a trusted proxy."""
+    def client_host(self, forwarded_for: str) -> str | None:
+        """The client an ``X-Forwarded-For`` value names: the rightmost address that is
+        not a trusted proxy; the leftmost when every one is trusted; None when it names
+        none."""
+
+@final
 class Registry:
-    def __new__(cls, *, slow_consumer: Literal["close", "drop"] = "close") -> Registry: ...
+    def __new__(
+        cls, *, slow_consumer: Literal["wait", "close", "drop"], backlog_limit: int
+    ) -> Registry: ...
     def add(self, conn: Connection) -> bool: ...
     def remove(self, conn: Connection) -> None: ...
     def join(self, conn: Connection, room: str) -> bool: ...
@@ -179,6 +204,9 @@ class Registry:
     def send_bytes_to(self, conn_id: int, data: bytes) -> bool: ...
     def backlog(self) -> int:
         """Bytes handed to the fan-out task and not yet offered to the members."""
+    def backlog_fd(self) -> int: ...
+    def await_backlog(self) -> bool: ...
+    def backlog_drain(self) -> None: ...
     def __len__(self) -> int: ...
     def __contains__(self, conn: Connection, /) -> bool: ...
     def rooms(self) -> list[str]: ...
@@ -230,7 +258,8 @@ def check_tls(
 def metrics() -> dict[str, Any]:
     """``stats()`` plus ``close_codes`` ({label: count}), ``handshakes_refused`` ({reason:
     count} for every reason: bad_request, forbidden_origin, not_found, over_capacity,
-    app_refused, denial_response, error, shutdown) and ``ping_rtt`` (``bounds_us``,
+    over_client_limit, app_refused, denial_response, error, shutdown) and ``ping_rtt``
+    (``bounds_us``,
     per-bucket ``counts`` with one past the last bound, ``sum_us``)."""
 
 def stats() -> dict[str, int]:

@@ -47,19 +47,50 @@ class Config:
     )
     outbox_limit: int = field(
         default=MIB,
-        metadata={"help": "bytes queued per socket before sends wait / broadcasts skip it"},
+        metadata={"help": "bytes queued per socket before sends and broadcasts wait for it"},
     )
     inbox_limit: int = field(
         default=256 * 1024,
         metadata={"help": "bytes buffered per socket before reading pauses (TCP pushes back)"},
     )
     http_max_body: int = field(default=MIB, metadata={"help": "largest HTTP request body"})
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds a new connection has to send its whole request head; then it is closed"
+        },
+    )
+    timeout_keep_alive: float = field(
+        default=5.0,
+        metadata={"help": "seconds an idle keep-alive HTTP connection waits for its next request"},
+    )
+    http_max_header_size: int = field(
+        default=16 * 1024,
+        metadata={"help": "largest request head (request line and headers) in bytes; bigger: 431"},
+    )
+    http_max_headers: int = field(
+        default=100, metadata={"help": "most headers in a request; more: 431"}
+    )
+    max_connections_per_ip: int | None = field(
+        default=None,
+        metadata={
+            "help": "open WebSockets per client address at most (the forwarded client behind "
+            "a trusted proxy); more are refused with 429"
+        },
+    )
     backlog: int = field(default=2048, metadata={"help": "listen backlog"})
     graceful_shutdown_timeout: float = field(
         default=10.0, metadata={"help": "seconds handlers get to finish at shutdown"}
     )
     close_timeout: float = field(
         default=5.0, metadata={"help": "seconds a closing handshake may take"}
+    )
+    slow_consumer_timeout: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a socket over outbox_limit may go without taking a byte before "
+            "it is closed with 1013 (sends and broadcasts wait for it until then)"
+        },
     )
     ssl_certfile: str | None = field(
         default=None,
@@ -198,11 +229,18 @@ class Config:
             "close_timeout": self.close_timeout,
             "server_header": self.server_header,
             "date_header": self.date_header,
+            "slow_consumer_timeout": self.slow_consumer_timeout,
             "ssl_certfile": self.ssl_certfile,
             "ssl_keyfile": self.ssl_keyfile,
             "ssl_keyfile_password": self.ssl_keyfile_password,
             "ssl_ca_certs": self.ssl_ca_certs,
             "ssl_cert_reqs": self.ssl_cert_reqs,
+            "handshake_timeout": self.handshake_timeout,
+            "timeout_keep_alive": self.timeout_keep_alive,
+            "http_max_header_size": self.http_max_header_size,
+            "http_max_headers": self.http_max_headers,
+            "max_connections_per_ip": self.max_connections_per_ip,
+            "forwarded_allow_ips": self.forwarded_allow_ips if self.proxy_headers else None,
         }
 
     def replace(self, **changes: Any) -> Config:

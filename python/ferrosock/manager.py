@@ -2,9 +2,12 @@
 
 Same methods as the docs' class (``connect``, ``disconnect``, ``send_personal_message``,
 ``broadcast``), plus rooms, ``send_to`` and counters. A broadcast hands one message to the
-engine and returns; the engine offers it to every member's outbox on its IO threads, so a
-slow or dead client never delays the others. Everything one manager sends is delivered in
-the order it was asked. Sockets that end leave the manager by themselves.
+engine and returns; the engine offers it to every member's outbox on its IO threads.
+A member whose outbox is full is waited for, as the docs' ``await send_text`` per member
+waits, until it has made no progress for ``slow_consumer_timeout`` (then it is closed with
+1013); publishers wait once the manager's backlog is full, so memory stays bounded.
+Everything one manager sends is delivered in the order it was asked. Sockets that end
+leave the manager by themselves.
 
 With a broadcast backend (``backend="redis://..."`` or the server's ``broadcast_backend``
 setting) the same calls reach members on every process and host: each broadcast is
@@ -74,14 +77,19 @@ class ConnectionManager:
     def __init__(
         self,
         *,
-        slow_consumer: Literal["close", "drop"] = "close",
+        slow_consumer: Literal["wait", "close", "drop"] = "wait",
         backlog_limit: int = 8 << 20,
         backend: str | None = None,
         name: str = "default",
     ) -> None:
-        """``slow_consumer``: what a broadcast does to a member whose outbox is full —
-        ``"close"`` it with 1013 (the client can reconnect and resync) or ``"drop"`` the
-        message for that member (counted in ``stats()["dropped"]``).
+        """``slow_consumer``: what a broadcast does to a member whose outbox is full
+        (over the server's ``outbox_limit``) — ``"wait"`` for it to drain, so that a
+        slower reader still gets every message in order, and close it with 1013 only
+        once it has taken no byte for the server's ``slow_consumer_timeout``; ``"close"``
+        it with 1013 at once (the client can reconnect and resync); or ``"drop"`` the
+        message for that member (counted in ``stats()["dropped"]``). While the fan-out
+        waits for a member, this manager's later messages wait behind it (other managers
+        and sockets do not).
 
         ``backlog_limit``: bytes handed over for fan-out but not yet offered to members.
         A publisher that gets this far ahead of the fan-out waits in ``broadcast`` until
@@ -98,12 +106,13 @@ class ConnectionManager:
             _engine.Registry.backend_address(backend)
         if not name or ":" in name:
             raise ValueError(f"a manager's name must be non-empty and without ':', not {name!r}")
-        self._registry = _engine.Registry(slow_consumer=slow_consumer)
+        self._registry = _engine.Registry(slow_consumer=slow_consumer, backlog_limit=backlog_limit)
         self._backlog_limit = backlog_limit
         self._sockets: weakref.WeakValueDictionary[int, WebSocket] = weakref.WeakValueDictionary()
         self.name = name
         self._backend_url = backend
         self._backend = _Backend(self)
+        self._catch_up = _CatchUp(self._registry)
         _live_managers.add(self)
 
     # ---- the docs' methods ----
@@ -169,12 +178,11 @@ class ConnectionManager:
         return sent
 
     async def _keep_up(self) -> None:
-        """Backpressure on publishers: past the backlog limit, wait (polling, 1 ms) until
-        the fan-out has caught up to half of it. The usual case is one integer read."""
+        """Backpressure on publishers: past the backlog limit, wait until the fan-out has
+        caught up to half of it. The usual case is one integer read."""
         if self._registry.backlog() <= self._backlog_limit:
             return
-        while self._registry.backlog() > self._backlog_limit // 2:
-            await asyncio.sleep(0.001)
+        await self._catch_up.wait()
 
     def _send_to(self, connection_id: int, message: str | bytes) -> bool:
         if isinstance(message, str):
@@ -265,6 +273,7 @@ def stop_backends(loop: asyncio.AbstractEventLoop) -> None:
     """At server shutdown: stop watching the backends' notices on this loop."""
     for manager in list(_live_managers):
         manager._backend.detach(loop)
+        manager._catch_up.detach(loop)
 
 
 def live_managers() -> list[ConnectionManager]:
@@ -288,6 +297,41 @@ def _defaults() -> BackendSettings:
 _claimed_names: weakref.WeakValueDictionary[tuple[str, str, str], ConnectionManager] = (
     weakref.WeakValueDictionary()
 )
+
+
+class _CatchUp:
+    """Publishers waiting for a manager's fan-out to be half caught up: they share one
+    future, resolved when the registry's eventfd says so (watched on the running loop)."""
+
+    def __init__(self, registry: _engine.Registry) -> None:
+        self._registry = registry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self.detach(self._loop)
+            loop.add_reader(self._registry.backlog_fd(), self._caught_up)
+            self._loop = loop
+        while self._registry.await_backlog():
+            if self._future is None or self._future.done():
+                self._future = loop.create_future()
+            # Shielded: one publisher cancelled must not cancel the others' wait.
+            await asyncio.shield(self._future)
+
+    def _caught_up(self) -> None:
+        self._registry.backlog_drain()
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is loop:
+            if not loop.is_closed():
+                loop.remove_reader(self._registry.backlog_fd())
+            self._loop = None
+            self._future = None
 
 
 class _Backend:

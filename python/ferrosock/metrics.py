@@ -26,7 +26,7 @@ _MANAGER_COUNTERS = {
     "broadcasts": "broadcasts asked of the manager",
     "delivered": "messages offered to a member's outbox",
     "dropped": "deliveries skipped because a member's outbox was full",
-    "closed_slow": "members closed with 1013 because their outbox was full",
+    "closed_slow": "members closed with 1013 as slow consumers (outbox full, or no progress)",
     "published": "messages published to the broadcast backend",
     "received": "messages received from other processes through the backend",
     "publish_dropped": "messages the backend dropped (publish queue full or connection lost)",

@@ -40,9 +40,39 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+# After the server stopped: how long tasks still running (the app's own, or handlers that
+# ignored being cancelled) get to finish once cancelled, before the loop is closed
+# without them.
+LEFT_BEHIND_WAIT = 0.1
+
+
 def serve(app: Any, config: Config) -> None:
-    with asyncio.Runner(loop_factory=loop_factory(config.loop)) as runner:
-        runner.run(Server(app, config).serve())
+    """Run the server on a new loop. Unlike ``asyncio.run``, the loop is closed even if
+    some task never finishes: a handler that swallows its cancellation must not keep the
+    process from exiting."""
+    factory = loop_factory(config.loop)
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(Server(app, config).serve())
+    finally:
+        try:
+            _finish_tasks(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=LEFT_BEHIND_WAIT))
+    left = [task for task in tasks if not task.done()]
+    if left:
+        logger.warning("Exiting with %d task(s) that ignored being cancelled", len(left))
+    loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), LEFT_BEHIND_WAIT))
 
 
 def raise_open_files_limit() -> int:
@@ -88,8 +118,8 @@ def main_process(app: Any, config: Config) -> None:
 STABLE_LIFETIME = 10.0
 RESTART_DELAY_FIRST = 0.1
 RESTART_DELAY_MAX = 10.0
-# Workers get graceful_shutdown_timeout for their handlers, then a second to cancel them,
-# then the app's shutdown events; this margin covers the last two before SIGKILL.
+# Workers get graceful_shutdown_timeout for their handlers, then 0.4 s to cancel
+# them, then the app's shutdown events; this margin covers the last two before SIGKILL.
 SHUTDOWN_MARGIN = 5.0
 # Signals the supervisor acts on; they are blocked around fork so that a worker never runs
 # the supervisor's handlers (see Supervisor._start).
@@ -416,6 +446,11 @@ def check_settings(config: Config) -> None:
         read_log_config(config.log_config)
     if config.fd is not None:
         inherited_address(config.fd)
+    if not config.slow_consumer_timeout > 0:
+        raise ValueError(
+            "slow_consumer_timeout must be a positive number of seconds, "
+            f"not {config.slow_consumer_timeout!r}"
+        )
     if config.loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
     if config.ssl_cert_reqs not in (0, 1, 2):
@@ -427,6 +462,36 @@ def check_settings(config: Config) -> None:
         config.ssl_ca_certs,
         config.ssl_cert_reqs,
     )
+    check_limits(config)
+
+
+# The connection limits: (setting, smallest, largest, whole numbers only, None allowed).
+_LIMITS: tuple[tuple[str, float, float | None, bool, bool], ...] = (
+    ("handshake_timeout", 0.01, None, False, False),
+    ("timeout_keep_alive", 0.01, None, False, False),
+    ("http_max_header_size", 1024, 256 * 1024, True, False),
+    ("http_max_headers", 1, 1000, True, False),
+    ("max_connections_per_ip", 1, None, True, True),
+)
+
+
+def check_limits(config: Config) -> None:
+    """The connection limits are numbers in their range (ValueError naming the setting)."""
+    for name, low, high, whole, optional in _LIMITS:
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (whole and not isinstance(value, int))
+            or value < low
+            or (high is not None and value > high)
+        ):
+            what = "a whole number" if whole else "a number of seconds"
+            bounds = f">= {low}" if high is None else f"from {low} to {high}"
+            also = " or None" if optional else ""
+            raise ValueError(f"{name} must be {what} {bounds}{also}, not {value!r}")
 
 
 def run(app: Any, **settings: Any) -> None:

@@ -35,6 +35,9 @@ from .websockets import WebSocket, WebSocketState, close_unless_closed
 ContextFor = Callable[[tuple[str, int]], contextvars.Context | None]
 
 logger = logging.getLogger("ferrosock.error")
+# At shutdown, after graceful_shutdown_timeout: how long cancelled handlers get to end, so
+# that the whole shutdown stays within that timeout plus a second.
+CANCEL_WAIT = 0.4
 access_logger = logging.getLogger("ferrosock.access")
 
 
@@ -130,7 +133,10 @@ class Server:
             task.cancel()
         if pending:
             logger.warning("Cancelled %d handler(s) still running at shutdown", len(pending))
-            await asyncio.wait(pending, timeout=1.0)
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT)
+        if pending:
+            # Not awaited again: the process exits without them (process.serve).
+            logger.warning("%d handler(s) ignored being cancelled", len(pending))
         logger.info("Finished server process")
 
     # ---- engine callbacks (on the loop thread, from engine.drain) ----

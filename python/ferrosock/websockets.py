@@ -161,6 +161,11 @@ class WebSocket(HTTPConnection):
             pass
 
     def send_text(self, data: str) -> Awaitable[None]:
+        """Queue a text message. Past the server's ``outbox_limit`` the ``await`` waits
+        for the client to take it below half; if the client takes nothing for
+        ``slow_consumer_timeout`` the socket is closed with 1013 and this raises
+        ``WebSocketDisconnect``, as does any send once the socket has ended. The same
+        holds for ``send_bytes`` and ``send_json``."""
         return self._connection.send_text(data)
 
     def send_bytes(self, data: bytes) -> Awaitable[None]:

@@ -194,6 +194,42 @@ async def send_until_error(websocket: WebSocket, key: str):
         record_outcome(key, **describe_exception(error))
 
 
+@app.websocket("/send-many/{key}")
+async def send_many(websocket: WebSocket, key: str, count: int, size: int):
+    """Sends ``count`` messages of ``size`` characters (each starting with its number) and
+    records whether every send returned; then waits for the peer to close."""
+    await websocket.accept()
+    try:
+        for number in range(count):
+            await websocket.send_text(f"{number:08d}".ljust(size, "."))
+    except Exception as error:
+        record_outcome(key, **describe_exception(error))
+        return
+    record_outcome(key, **describe_exception(None))
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        pass
+
+
+@app.websocket("/linger")
+async def linger(websocket: WebSocket, stubborn: bool = False):
+    """Keeps running long after its socket ended: only cancelling stops it, or (stubborn)
+    not even that."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if not stubborn:
+                    raise
+
+
 @app.websocket("/receive-before-accept/{key}")
 async def receive_before_accept(websocket: WebSocket, key: str):
     try:

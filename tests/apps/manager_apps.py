@@ -2,7 +2,8 @@
 
 Each test names a *group*; a group is one manager, made on first use: a native
 ``ConnectionManager`` (slow-consumer policy "drop" when the group name starts with
-``drop``, else "close"), or the FastAPI docs' Python class when it starts with ``python``.
+``drop``, "close" when it starts with ``close`` or ``slow-close``, else the default
+"wait"), or the FastAPI docs' Python class when it starts with ``python``.
 
 - ``/sub/{group}``: a member; sends ``joined <id>`` once registered, answers ``latency``
   with its ``websocket.latency`` and records how it ended under ``<group>:<id>``.
@@ -58,9 +59,16 @@ def manager_for(group: str) -> ConnectionManager | DocsConnectionManager:
         if group.startswith("python"):
             _managers[group] = DocsConnectionManager()
         else:
-            policy = "drop" if group.startswith("drop") else "close"
-            _managers[group] = ConnectionManager(slow_consumer=policy)
+            _managers[group] = ConnectionManager(slow_consumer=policy_of(group))
     return _managers[group]
+
+
+def policy_of(group: str) -> str:
+    if group.startswith("drop"):
+        return "drop"
+    if group.startswith(("close", "slow-close")):
+        return "close"
+    return "wait"
 
 
 def member_count(manager: ConnectionManager | DocsConnectionManager) -> int:
