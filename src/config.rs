@@ -43,13 +43,13 @@ pub struct ServerConfig {
     pub trusted_proxies: Option<TrustedProxies>,
     /// How long a closing handshake may take before the socket is dropped.
     pub close_timeout: Duration,
-    /// How long a socket over `outbox_limit` may go without any byte written before it is
-    /// closed with 1013 (`slow.rs`).
-    pub slow_consumer_timeout: Duration,
     /// `server: ferrosock` on every response the engine writes (HTTP, refusals, the 101).
     pub server_header: bool,
     /// hyper's `date` header on every response.
     pub date_header: bool,
+    /// How long a socket over `outbox_limit` may go without any byte written before it is
+    /// closed with 1013 (`slow.rs`).
+    pub slow_consumer_timeout: Duration,
 }
 
 pub fn seconds(value: Option<f64>) -> Option<Duration> {

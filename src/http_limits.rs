@@ -83,8 +83,7 @@ pub fn builder(config: &ServerConfig) -> (Builder, Served) {
         })
         .header_read_timeout(config.handshake_timeout)
         .max_header_size(config.http_max_header_size)
-        .max_headers(config.http_max_headers)
-        .auto_date_header(config.date_header);
+        .max_headers(config.http_max_headers);
     (builder, Served(served))
 }
 

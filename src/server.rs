@@ -120,10 +120,10 @@ impl Server {
         routes, on_websocket, on_http, on_log, *,
         host, port, fd, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
         max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout, slow_consumer_timeout, server_header, date_header, ssl_certfile,
-        ssl_keyfile, ssl_keyfile_password, ssl_ca_certs, ssl_cert_reqs, handshake_timeout,
-        timeout_keep_alive, http_max_header_size, http_max_headers, max_connections_per_ip,
-        forwarded_allow_ips,
+        close_timeout, slow_consumer_timeout, ssl_certfile, ssl_keyfile, ssl_keyfile_password,
+        ssl_ca_certs, ssl_cert_reqs, handshake_timeout, timeout_keep_alive,
+        http_max_header_size, http_max_headers, max_connections_per_ip, forwarded_allow_ips,
+        server_header, date_header,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -147,8 +147,6 @@ impl Server {
         io_threads: Option<usize>,
         close_timeout: f64,
         slow_consumer_timeout: f64,
-        server_header: bool,
-        date_header: bool,
         ssl_certfile: Option<String>,
         ssl_keyfile: Option<String>,
         ssl_keyfile_password: Option<String>,
@@ -160,6 +158,8 @@ impl Server {
         http_max_headers: usize,
         max_connections_per_ip: Option<usize>,
         forwarded_allow_ips: Option<String>,
+        server_header: bool,
+        date_header: bool,
     ) -> PyResult<Self> {
         let tls = tls_config(
             ssl_certfile,
@@ -442,12 +442,13 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service_state = state.clone();
-    let (builder, served) = http_limits::builder(&state.config);
+    let (mut builder, served) = http_limits::builder(&state.config);
     let service = hyper::service::service_fn(move |request| {
         served.mark();
         handle(request, service_state.clone(), peer, local)
     });
     let mut connection = builder
+        .auto_date_header(state.config.date_header)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let ended = tokio::select! {
@@ -665,7 +666,7 @@ async fn websocket_handshake(
     let trusted = state.config.trusted_proxies.as_ref();
     let client = TrustedProxies::client_of(trusted, peer.ip(), request.headers());
     if !state.per_client.admit(id, client) {
-        stats::record_refusal(Refusal::PerClientLimit);
+        stats::record_refusal(Refusal::OverClientLimit);
         log_request(
             state,
             peer,

@@ -101,8 +101,8 @@ pub enum Refusal {
     NotFound,
     /// `max_connections` open already (503).
     OverCapacity,
-    /// `max_connections_per_ip` open already from that client (429).
-    PerClientLimit,
+    /// `max_connections_per_ip` open already from this client (429).
+    OverClientLimit,
     /// The handler closed before accepting (403).
     AppRefused,
     /// The handler sent a response of its own (`send_denial_response`).
@@ -119,7 +119,7 @@ impl Refusal {
         Refusal::ForbiddenOrigin,
         Refusal::NotFound,
         Refusal::OverCapacity,
-        Refusal::PerClientLimit,
+        Refusal::OverClientLimit,
         Refusal::AppRefused,
         Refusal::DenialResponse,
         Refusal::Error,
@@ -132,7 +132,7 @@ impl Refusal {
             Refusal::ForbiddenOrigin => "forbidden_origin",
             Refusal::NotFound => "not_found",
             Refusal::OverCapacity => "over_capacity",
-            Refusal::PerClientLimit => "per_client_limit",
+            Refusal::OverClientLimit => "over_client_limit",
             Refusal::AppRefused => "app_refused",
             Refusal::DenialResponse => "denial_response",
             Refusal::Error => "error",

@@ -43,9 +43,9 @@ class Server:
         http_max_body: int,
         io_threads: int | None,
         close_timeout: float,
-        slow_consumer_timeout: float,
         server_header: bool,
         date_header: bool,
+        slow_consumer_timeout: float,
         ssl_certfile: str | None,
         ssl_keyfile: str | None,
         ssl_keyfile_password: str | None,
@@ -258,7 +258,8 @@ def check_tls(
 def metrics() -> dict[str, Any]:
     """``stats()`` plus ``close_codes`` ({label: count}), ``handshakes_refused`` ({reason:
     count} for every reason: bad_request, forbidden_origin, not_found, over_capacity,
-    app_refused, denial_response, error, shutdown) and ``ping_rtt`` (``bounds_us``,
+    over_client_limit, app_refused, denial_response, error, shutdown) and ``ping_rtt``
+    (``bounds_us``,
     per-bucket ``counts`` with one past the last bound, ``sum_us``)."""
 
 def stats() -> dict[str, int]:

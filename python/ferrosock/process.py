@@ -444,13 +444,13 @@ def check_settings(config: Config) -> None:
     Forwarding.from_config(config)
     if config.log_config is not None:
         read_log_config(config.log_config)
+    if config.fd is not None:
+        inherited_address(config.fd)
     if not config.slow_consumer_timeout > 0:
         raise ValueError(
             "slow_consumer_timeout must be a positive number of seconds, "
             f"not {config.slow_consumer_timeout!r}"
         )
-    if config.fd is not None:
-        inherited_address(config.fd)
     if config.loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
     if config.ssl_cert_reqs not in (0, 1, 2):
