@@ -50,6 +50,12 @@ pub struct ServerConfig {
     /// How long a socket over `outbox_limit` may go without any byte written before it is
     /// closed with 1013 (`slow.rs`).
     pub slow_consumer_timeout: Duration,
+    /// Messages (data and control) and payload bytes a client may send per second; a
+    /// route may set its own (`ratelimit::RateLimits`).
+    pub ws_max_messages_per_second: Option<f64>,
+    pub ws_max_bytes_per_second: Option<f64>,
+    /// No data message from the client for this long closes the connection with 1001.
+    pub ws_idle_timeout: Option<Duration>,
 }
 
 pub fn seconds(value: Option<f64>) -> Option<Duration> {

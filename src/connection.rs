@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 
 use crate::bridge::LOG_DEBUG;
 use crate::frame::{OutFrame, Text};
+use crate::ratelimit::{self, OwedPong};
 use crate::socket::Socket;
 use crate::stats::{self, counter};
 
@@ -140,6 +141,8 @@ struct Outbox {
     queue: VecDeque<Outgoing>,
     /// The socket, while the driver has it; `None` before and after.
     socket: Option<Arc<Socket>>,
+    /// Where the one pong owed to the peer waits, if one does.
+    owed_pong: OwedPong,
 }
 
 struct Inbox {
@@ -216,6 +219,7 @@ impl ConnShared {
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
                 socket: None,
+                owed_pong: OwedPong::default(),
             }),
             outbox_bytes: AtomicUsize::new(0),
             io_waker: OnceLock::new(),
@@ -376,10 +380,33 @@ impl ConnShared {
         self.wake_io();
     }
 
-    /// Queue a control frame of the driver's own (pong, ping): never refused; the driver
-    /// writes it.
+    /// Queue a control frame of the driver's own (pong, ping): never refused, but at most
+    /// one pong is owed (`queue_pong`); the driver writes it.
     pub fn enqueue_control(&self, frame: OutFrame) {
-        self.push(frame);
+        if ratelimit::is_unwritten_pong(&frame) {
+            self.queue_pong(frame);
+        } else {
+            self.push(frame);
+        }
+    }
+
+    /// Queue a pong, or put it in place of the one still unwritten (RFC 6455 §5.5.3 lets
+    /// the newest ping alone be answered): pings from a peer that never reads cost nothing.
+    /// The replaced pong keeps the size it was counted at, so the outbox's count stays exact.
+    fn queue_pong(&self, frame: OutFrame) {
+        let mut outbox = self.outbox.lock();
+        let Outbox {
+            queue, owed_pong, ..
+        } = &mut *outbox;
+        let owed = owed_pong.index(queue.len()).map(|i| &mut queue[i].frame);
+        if let Some(owed) = owed.filter(|owed| ratelimit::is_unwritten_pong(owed)) {
+            *owed = frame;
+            return;
+        }
+        let size = frame_size(&frame);
+        self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
+        owed_pong.queued_at(queue.len());
+        queue.push_back(Outgoing { frame, size });
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this; it counts
@@ -411,7 +438,11 @@ impl ConnShared {
     /// or after the driver has it) nothing is written.
     pub fn write_queued(self: &Arc<Self>, through_close: bool) -> io::Result<Written> {
         let mut outbox = self.outbox.lock();
-        let Outbox { queue, socket } = &mut *outbox;
+        let Outbox {
+            queue,
+            socket,
+            owed_pong,
+        } = &mut *outbox;
         let Some(socket) = socket else {
             return Ok(Written {
                 close_sent: false,
@@ -456,10 +487,12 @@ impl ConnShared {
                 if frame.is_close() {
                     // Nothing is sent after a close frame.
                     close_sent = true;
+                    owed_pong.removed(queue.len());
                     queue.clear();
                     break;
                 }
                 queue.pop_front();
+                owed_pong.removed(1);
             }
         }
         if queue.is_empty() && queue.capacity() > IDLE_QUEUE_CAPACITY {

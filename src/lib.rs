@@ -20,6 +20,7 @@ mod per_client;
 mod poller;
 mod protocol;
 mod pubsub;
+mod ratelimit;
 mod registry;
 mod router;
 mod runtime;

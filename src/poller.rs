@@ -31,6 +31,7 @@ use pyo3::prelude::*;
 use crate::bridge::{Bridge, LOG_INFO};
 use crate::connection::{ConnShared, Incoming};
 use crate::protocol::{Action, Limits, Protocol};
+use crate::ratelimit::RateLimits;
 use crate::socket::Socket;
 
 /// Size of the poller's read buffer, shared by all its sockets.
@@ -45,7 +46,7 @@ const WAKE_TOKEN: u64 = 0;
 /// What other threads hand the poller.
 enum Nudge {
     /// A socket whose handshake is done, with what the HTTP layer read past it.
-    Adopt(Arc<ConnShared>, Socket, Bytes),
+    Adopt(Arc<ConnShared>, Socket, Bytes, RateLimits),
     /// A connection's driver has something to do.
     Wake(u64),
 }
@@ -155,8 +156,16 @@ impl Poller {
     }
 
     /// Take over an upgraded socket (from any thread).
-    pub fn adopt(&self, shared: Arc<ConnShared>, socket: Socket, read_ahead: Bytes) {
-        self.nudges.push(Nudge::Adopt(shared, socket, read_ahead));
+    /// `rates` are its route's rate limits (or the server's).
+    pub fn adopt(
+        &self,
+        shared: Arc<ConnShared>,
+        socket: Socket,
+        read_ahead: Bytes,
+        rates: RateLimits,
+    ) {
+        self.nudges
+            .push(Nudge::Adopt(shared, socket, read_ahead, rates));
     }
 
     /// The loop's reader callback: serve every ready socket and nudge.
@@ -185,8 +194,8 @@ impl Poller {
                 let mut nudges = std::mem::take(&mut side.nudges);
                 for nudge in nudges.drain(..) {
                     match nudge {
-                        Nudge::Adopt(shared, socket, read_ahead) => {
-                            self.start(side, shared, socket, &read_ahead, now)
+                        Nudge::Adopt(shared, socket, read_ahead, rates) => {
+                            self.start(side, shared, socket, &read_ahead, rates, now)
                         }
                         Nudge::Wake(id) => {
                             if let Some(session) = side.sessions.get(&id) {
@@ -250,6 +259,7 @@ impl Poller {
         shared: Arc<ConnShared>,
         socket: Socket,
         read_ahead: &[u8],
+        rates: RateLimits,
         now: Instant,
     ) {
         let id = shared.id;
@@ -272,7 +282,7 @@ impl Poller {
         let mut session = Session {
             shared,
             socket,
-            protocol: Protocol::new(self.limits, now),
+            protocol: Protocol::new(self.limits, rates, now),
             readable: true,
             timer_at: None,
             wake,

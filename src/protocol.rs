@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::frame::{self, Decoder, OutFrame, Received, Text, Violation};
 use crate::heartbeat::{Beat, Heartbeat};
+use crate::ratelimit::{Pace, RateLimits, IDLE_CLOSE_CODE, IDLE_REASON, RATE_CLOSE_CODE};
 
 /// How long a violation's close waits at most for the handler to answer what came before
 /// it (never longer than `close_timeout`).
@@ -28,6 +29,8 @@ pub struct Limits {
     pub ping_interval: Option<Duration>,
     pub ping_timeout: Option<Duration>,
     pub close_timeout: Duration,
+    /// No data message from the peer for this long closes with 1001.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// What the driver is asked to do.
@@ -72,12 +75,14 @@ pub struct Protocol {
     finish_after_close: bool,
     failure: Option<Failure>,
     heartbeat: Heartbeat,
+    /// The peer's rate limits and idle deadline.
+    pace: Pace,
     /// A write has been pending since the socket filled: bounded by the heartbeat.
     write_blocked: bool,
 }
 
 impl Protocol {
-    pub fn new(limits: Limits, now: Instant) -> Self {
+    pub fn new(limits: Limits, rates: RateLimits, now: Instant) -> Self {
         Self {
             limits,
             decoder: Decoder::new(limits.max_size),
@@ -87,6 +92,7 @@ impl Protocol {
             finish_after_close: false,
             failure: None,
             heartbeat: Heartbeat::new(limits.ping_interval, limits.ping_timeout, now),
+            pace: Pace::new(rates, limits.idle_timeout, now),
             write_blocked: false,
         }
     }
@@ -113,9 +119,17 @@ impl Protocol {
         }
         let mut closed_by_peer = false;
         let closing = self.closing_deadline.is_some();
-        let heartbeat = &mut self.heartbeat;
+        let (heartbeat, pace) = (&mut self.heartbeat, &mut self.pace);
         let result = self.decoder.feed(data, &mut |received| {
-            route(received, now, heartbeat, &mut closed_by_peer, closing, out)
+            route(
+                received,
+                now,
+                heartbeat,
+                pace,
+                &mut closed_by_peer,
+                closing,
+                out,
+            )
         });
         self.after_receive(result, closed_by_peer, now, out);
     }
@@ -135,9 +149,17 @@ impl Protocol {
     pub fn received_direct(&mut self, now: Instant, out: &mut impl FnMut(Action)) {
         let mut closed_by_peer = false;
         let closing = self.closing_deadline.is_some();
-        let heartbeat = &mut self.heartbeat;
+        let (heartbeat, pace) = (&mut self.heartbeat, &mut self.pace);
         let result = self.decoder.feed_direct(&mut |received| {
-            route(received, now, heartbeat, &mut closed_by_peer, closing, out)
+            route(
+                received,
+                now,
+                heartbeat,
+                pace,
+                &mut closed_by_peer,
+                closing,
+                out,
+            )
         });
         self.after_receive(result, closed_by_peer, now, out);
     }
@@ -159,12 +181,21 @@ impl Protocol {
                 self.finish_after_close = true;
             }
         }
-        if let Err(violation) = result {
-            let (code, reason) = violation.close();
+        // A rate limit that just tripped fails the connection as a violation does, except
+        // that reading goes on (dropping everything) until the peer answers the close: a
+        // socket dropped with unread input is reset, and the reset would lose the close.
+        let tripped = self
+            .pace
+            .take_trip()
+            .map(|reason| (RATE_CLOSE_CODE, reason));
+        let violation = result.err().map(Violation::close);
+        if let Some((code, reason)) = tripped.or(violation) {
             out(Action::Violated(code, reason));
-            self.reading = false;
-            self.finish_after_close = true;
-            self.failure = Some(Failure {
+            if violation.is_some() {
+                self.reading = false;
+                self.finish_after_close = true;
+            }
+            self.failure.get_or_insert(Failure {
                 code,
                 reason,
                 deadline: now + FAIL_GRACE.min(self.limits.close_timeout),
@@ -233,6 +264,10 @@ impl Protocol {
             out(Action::Stop);
             return;
         }
+        if self.pace.idle_expired(now) {
+            out(Action::Close(IDLE_CLOSE_CODE, IDLE_REASON.to_owned()));
+            self.start_closing(now);
+        }
         if self.write_blocked && self.heartbeat.write_deadline().is_some_and(|at| now >= at) {
             // A write stuck this long: the peer is gone.
             out(Action::Lost(1011, "keepalive ping timeout"));
@@ -257,6 +292,9 @@ impl Protocol {
             next = earliest(next, self.heartbeat.write_deadline());
         }
         next = earliest(next, self.closing_deadline);
+        if self.closing_deadline.is_none() {
+            next = earliest(next, self.pace.idle_deadline());
+        }
         earliest(next, self.failure.as_ref().map(|failure| failure.deadline))
     }
 }
@@ -266,10 +304,17 @@ fn route(
     received: Received,
     now: Instant,
     heartbeat: &mut Heartbeat,
+    pace: &mut Pace,
     closed_by_peer: &mut bool,
     closing: bool,
     out: &mut impl FnMut(Action),
 ) {
+    if !pace.admit(&received, || now) {
+        // Over a rate limit: nothing is taken from now on (`after_receive`), but the
+        // peer's close still completes the closing handshake.
+        *closed_by_peer |= matches!(received, Received::Close(..));
+        return;
+    }
     match received {
         Received::Text(text) => out(Action::Text(text)),
         Received::Binary(data) => out(Action::Binary(data)),
@@ -309,6 +354,7 @@ mod tests {
             ping_interval: Some(Duration::from_secs(10)),
             ping_timeout: Some(Duration::from_secs(5)),
             close_timeout: Duration::from_secs(2),
+            idle_timeout: None,
         }
     }
 
@@ -346,7 +392,7 @@ mod tests {
     #[test]
     fn a_text_message_is_delivered() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let actions = run(&mut p, &client_frame(true, frame::OP_TEXT, b"hello"), now);
         assert!(matches!(&actions[..], [Action::Text(t)] if t.as_str() == "hello"));
         assert!(p.wants_read());
@@ -357,7 +403,7 @@ mod tests {
         let now = Instant::now();
         let bytes = client_frame(true, frame::OP_BINARY, &[7; 300]);
         for cut in 1..bytes.len() {
-            let mut p = Protocol::new(limits(), now);
+            let mut p = Protocol::new(limits(), RateLimits::default(), now);
             let mut actions = run(&mut p, &bytes[..cut], now);
             actions.extend(run(&mut p, &bytes[cut..], now));
             assert!(
@@ -370,7 +416,7 @@ mod tests {
     #[test]
     fn a_ping_is_answered_with_a_pong_of_the_same_payload() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let actions = run(&mut p, &client_frame(true, frame::OP_PING, b"abc"), now);
         match &actions[..] {
             [Action::Send(pong)] => {
@@ -384,7 +430,7 @@ mod tests {
     #[test]
     fn the_peers_close_is_echoed_and_the_socket_dropped_once_it_is_written() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let mut payload = 4000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
         let actions = run(&mut p, &client_frame(true, frame::OP_CLOSE, &payload), now);
@@ -400,7 +446,7 @@ mod tests {
     #[test]
     fn a_ping_after_the_peers_close_gets_no_pong() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let mut bytes = client_frame(true, frame::OP_CLOSE, &1000u16.to_be_bytes());
         bytes.extend(client_frame(true, frame::OP_PING, b"late"));
         let actions = run(&mut p, &bytes, now);
@@ -410,7 +456,7 @@ mod tests {
     #[test]
     fn our_close_answered_by_the_peer_stops() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         p.start_closing(now);
         p.close_written(&mut |_| panic!("nothing to do yet"));
         let actions = run(
@@ -427,7 +473,7 @@ mod tests {
     #[test]
     fn a_closing_handshake_that_takes_too_long_drops_the_socket() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         p.start_closing(now);
         assert_eq!(p.next_deadline(), Some(now + Duration::from_secs(2)));
         assert!(tick(&mut p, now + Duration::from_secs(1), false).is_empty());
@@ -440,7 +486,7 @@ mod tests {
     #[test]
     fn a_violation_waits_for_the_handler_then_closes() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let mut bytes = client_frame(true, frame::OP_TEXT, b"first");
         bytes.extend([0x83, 0x80, 0, 0, 0, 0]); // reserved opcode 3
         let actions = run(&mut p, &bytes, now);
@@ -463,7 +509,7 @@ mod tests {
     #[test]
     fn a_held_violation_closes_after_the_grace_anyway() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         run(&mut p, &[0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], now); // unmasked
         let grace = p.next_deadline().unwrap();
         assert!(grace <= now + FAIL_GRACE);
@@ -476,12 +522,12 @@ mod tests {
     #[test]
     fn invalid_utf8_closes_with_1007_and_oversize_with_1009() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let actions = run(&mut p, &client_frame(false, frame::OP_TEXT, &[0xff]), now);
         assert!(matches!(&actions[..], [Action::Violated(1007, _)]));
         let mut small = limits();
         small.max_size = 10;
-        let mut p = Protocol::new(small, now);
+        let mut p = Protocol::new(small, RateLimits::default(), now);
         let actions = run(&mut p, &client_frame(true, frame::OP_BINARY, &[0; 11]), now);
         assert!(matches!(&actions[..], [Action::Violated(1009, _)]));
     }
@@ -489,7 +535,7 @@ mod tests {
     #[test]
     fn pings_are_sent_on_schedule_and_an_unanswered_one_closes_with_1011() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         assert_eq!(p.next_deadline(), Some(now + Duration::from_secs(10)));
         let at = now + Duration::from_secs(10);
         let ping = tick(&mut p, at, false);
@@ -503,7 +549,7 @@ mod tests {
     #[test]
     fn a_pong_answers_the_ping_and_measures_the_round_trip() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let at = now + Duration::from_secs(10);
         let Action::Send(ping) = tick(&mut p, at, false).pop().unwrap() else {
             panic!("no ping");
@@ -523,7 +569,7 @@ mod tests {
     #[test]
     fn a_write_stuck_past_the_ping_timeout_loses_the_connection() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         p.set_write_blocked(true);
         let deadline = p.next_deadline().unwrap();
         assert_eq!(deadline, now + Duration::from_secs(10));
@@ -538,7 +584,7 @@ mod tests {
     #[test]
     fn eof_without_a_close_is_1006() {
         let now = Instant::now();
-        let mut p = Protocol::new(limits(), now);
+        let mut p = Protocol::new(limits(), RateLimits::default(), now);
         let mut actions = Vec::new();
         p.peer_gone(&mut |a| actions.push(a));
         assert!(matches!(

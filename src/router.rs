@@ -4,12 +4,20 @@
 //! percent-decoded before matching, as Starlette does.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::ratelimit::RateLimits;
 
 #[derive(Default)]
 pub struct Endpoints {
     pub websocket: Option<usize>,
+    /// The limits the WebSocket route sets for itself (each replaces the server's).
+    pub websocket_limits: RateLimits,
     pub http: Vec<(String, usize)>,
 }
+
+/// One route as Python hands it over: (template, kind, methods, id, limits).
+pub type RouteSpec = (String, String, Vec<String>, usize, HashMap<String, f64>);
 
 pub struct Routes {
     table: matchit::Router<usize>,
@@ -22,12 +30,13 @@ pub struct Found<'a> {
 }
 
 impl Routes {
-    /// `routes`: (template, "websocket" | "http", methods, route id).
-    pub fn build(routes: Vec<(String, String, Vec<String>, usize)>) -> Result<Self, String> {
+    /// `routes`: (template, "websocket" | "http", methods, route id, the route's limits by
+    /// name, see `RateLimits::from_route`).
+    pub fn build(routes: Vec<RouteSpec>) -> Result<Self, String> {
         let mut table = matchit::Router::new();
         let mut endpoints: Vec<Endpoints> = Vec::new();
         let mut templates: Vec<String> = Vec::new();
-        for (template, kind, methods, id) in routes {
+        for (template, kind, methods, id, limits) in routes {
             let index = match templates.iter().position(|t| *t == template) {
                 Some(index) => index,
                 None => {
@@ -44,6 +53,8 @@ impl Routes {
                 "websocket" => {
                     if entry.websocket.is_none() {
                         entry.websocket = Some(id);
+                        entry.websocket_limits = RateLimits::from_route(&limits)
+                            .map_err(|e| format!("route {template:?}: {e}"))?;
                     }
                 }
                 "http" => {
@@ -118,12 +129,31 @@ pub fn percent_decode(path: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
+    fn spec(template: &str, kind: &str, methods: Vec<String>, id: usize) -> RouteSpec {
+        (template.into(), kind.into(), methods, id, HashMap::new())
+    }
+
+    #[test]
+    fn a_websocket_route_carries_its_own_limits() {
+        let mut limited = spec("/ws", "websocket", vec![], 0);
+        limited.4.insert("max_messages_per_second".into(), 5.0);
+        let routes = Routes::build(vec![limited.clone()]).unwrap();
+        let found = routes.find("/ws").unwrap();
+        assert_eq!(
+            found.endpoints.websocket_limits.messages_per_second,
+            Some(5.0)
+        );
+        assert_eq!(found.endpoints.websocket_limits.bytes_per_second, None);
+        limited.4.insert("max_bytes_per_second".into(), -1.0);
+        assert!(Routes::build(vec![limited]).is_err());
+    }
+
     fn routes() -> Routes {
         Routes::build(vec![
-            ("/ws/{client_id}".into(), "websocket".into(), vec![], 0),
-            ("/".into(), "http".into(), vec!["GET".into()], 1),
-            ("/".into(), "websocket".into(), vec![], 2),
-            ("/items".into(), "http".into(), vec!["POST".into()], 3),
+            spec("/ws/{client_id}", "websocket", vec![], 0),
+            spec("/", "http", vec!["GET".into()], 1),
+            spec("/", "websocket", vec![], 2),
+            spec("/items", "http", vec!["POST".into()], 3),
         ])
         .unwrap()
     }
@@ -151,13 +181,8 @@ mod tests {
 
     #[test]
     fn catch_all_parameter_matches_across_slashes() {
-        let routes = Routes::build(vec![(
-            "/files/{*file_path}".into(),
-            "websocket".into(),
-            vec![],
-            0,
-        )])
-        .unwrap();
+        let routes =
+            Routes::build(vec![spec("/files/{*file_path}", "websocket", vec![], 0)]).unwrap();
         let found = routes.find("/files/docs/2026/report.txt").unwrap();
         assert_eq!(
             found.params,

@@ -37,7 +37,8 @@ use crate::http_limits;
 use crate::per_client::PerClient;
 use crate::poller::{self, Poller};
 use crate::protocol::Limits;
-use crate::router::{percent_decode, Routes};
+use crate::ratelimit::RateLimits;
+use crate::router::{percent_decode, RouteSpec, Routes};
 use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
 use crate::tls::{self, TlsFiles};
@@ -124,10 +125,11 @@ impl Server {
         ssl_ca_certs, ssl_cert_reqs, handshake_timeout, timeout_keep_alive,
         http_max_header_size, http_max_headers, max_connections_per_ip, forwarded_allow_ips,
         server_header, date_header,
+        ws_max_messages_per_second, ws_max_bytes_per_second, ws_idle_timeout,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        routes: Vec<(String, String, Vec<String>, usize)>,
+        routes: Vec<RouteSpec>,
         on_websocket: Py<PyAny>,
         on_http: Py<PyAny>,
         on_log: Py<PyAny>,
@@ -160,6 +162,9 @@ impl Server {
         forwarded_allow_ips: Option<String>,
         server_header: bool,
         date_header: bool,
+        ws_max_messages_per_second: Option<f64>,
+        ws_max_bytes_per_second: Option<f64>,
+        ws_idle_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let tls = tls_config(
             ssl_certfile,
@@ -198,12 +203,16 @@ impl Server {
             trusted_proxies,
             server_header,
             date_header,
+            ws_max_messages_per_second,
+            ws_max_bytes_per_second,
+            ws_idle_timeout: seconds(ws_idle_timeout),
         };
         let poller = Poller::new(Limits {
             max_size: config.ws_max_size,
             ping_interval: config.ws_ping_interval,
             ping_timeout: config.ws_ping_timeout,
             close_timeout: config.close_timeout,
+            idle_timeout: config.ws_idle_timeout,
         })?;
         let state = ServerState {
             per_client: PerClient::new(config.max_connections_per_ip),
@@ -573,8 +582,12 @@ async fn handle(
             .and_then(|f| f.endpoints.websocket.map(|id| (id, f)))
         {
             Some((route_id, found)) => {
-                let params = found.params.clone();
-                websocket_handshake(request, &state, route_id, path, params, peer, local).await
+                let route = Route {
+                    id: route_id,
+                    params: found.params.clone(),
+                    limits: found.endpoints.websocket_limits,
+                };
+                websocket_handshake(request, &state, route, path, peer, local).await
             }
             None => {
                 stats::record_refusal(Refusal::NotFound);
@@ -628,13 +641,19 @@ fn log_request(
     );
 }
 
+/// The WebSocket route a handshake matched.
+struct Route {
+    id: usize,
+    params: Vec<(String, String)>,
+    limits: RateLimits,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn websocket_handshake(
     mut request: Request<Incoming>,
     state: &Arc<ServerState>,
-    route_id: usize,
+    route: Route,
     path: String,
-    path_params: Vec<(String, String)>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
@@ -688,15 +707,16 @@ async fn websocket_handshake(
     };
     let shared = ConnShared::new(id, state.clone(), buffers);
     let (decision_tx, decision_rx) = oneshot::channel();
+    let limits = route.limits.or(RateLimits::server(&state.config));
     let handshake = Handshake {
-        route_id,
+        route_id: route.id,
         path,
         query_string: request.uri().query().unwrap_or("").to_owned(),
         scheme: if state.tls.is_some() { "wss" } else { "ws" },
         headers: header_pairs(request.headers()),
         client: address(peer),
         server: address(local),
-        path_params,
+        path_params: route.params,
         subprotocols: handshake::subprotocols(request.headers()),
         decision: decision_tx,
     };
@@ -747,7 +767,9 @@ async fn websocket_handshake(
                 };
                 match socket {
                     // From here on the loop thread reads and writes it.
-                    Ok((socket, read_ahead)) => poller.adopt(connection, socket, read_ahead),
+                    Ok((socket, read_ahead)) => {
+                        poller.adopt(connection, socket, read_ahead, limits)
+                    }
                     Err(_) => {
                         connection.end(1006, "the upgrade failed");
                     }

@@ -23,7 +23,7 @@ RouteKind = Literal["websocket", "http"]
 class Server:
     def __new__(
         cls,
-        routes: list[tuple[str, RouteKind, list[str], int]],
+        routes: list[tuple[str, RouteKind, list[str], int, dict[str, float]]],
         on_websocket: Callable[[int, Connection], None],
         on_http: Callable[[int, HttpRequest], None],
         on_log: Callable[[int, str], None],
@@ -57,12 +57,18 @@ class Server:
         http_max_headers: int,
         max_connections_per_ip: int | None,
         forwarded_allow_ips: str | None,
+        ws_max_messages_per_second: float | None,
+        ws_max_bytes_per_second: float | None,
+        ws_idle_timeout: float | None,
     ) -> Server:
-        """``routes``: ``(path template, kind, HTTP methods, route id)``; templates use
-        ``{name}`` segments and are compiled once. ``on_websocket``/``on_http`` are called on
-        the event-loop thread (from ``drain``) with the route id and the new object;
-        ``on_log`` with a ``logging`` level and a message the IO threads produced. Every
-        setting is required: their defaults live in ``ferrosock.config.Config`` only."""
+        """``routes``: ``(path template, kind, HTTP methods, route id, limits)``; templates
+        use ``{name}`` segments and are compiled once; ``limits`` holds the rate limits a
+        WebSocket route sets for itself (``max_messages_per_second``,
+        ``max_bytes_per_second``), each replacing the server's. ``on_websocket`` and
+        ``on_http`` are called on the event-loop thread (from ``drain``) with the route id
+        and the new object; ``on_log`` with a ``logging`` level and a message the IO threads
+        produced. Every setting is required: their defaults live in
+        ``ferrosock.config.Config`` only."""
     def start(
         self,
         create_future: Callable[[], Any],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
 from .config import Config
 from .datastructures import State
@@ -19,7 +19,7 @@ from .exceptions import ExceptionHandler
 from .metrics import collect
 from .params import Depends
 from .responses import JSONResponse, Response
-from .routing import APIRoute, APIRouter, Endpoint, Route, WebSocketRoute
+from .routing import APIRoute, APIRouter, Endpoint, Route, RouteLimits, WebSocketRoute
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 LifecycleHandler = Callable[[], Any]
@@ -133,9 +133,14 @@ class App:
     # -- Delegated to the router ----------------------------------------------------------
 
     def websocket(
-        self, path: str, name: str | None = None, *, dependencies: Sequence[Depends] | None = None
+        self,
+        path: str,
+        name: str | None = None,
+        *,
+        dependencies: Sequence[Depends] | None = None,
+        **limits: Unpack[RouteLimits],
     ) -> Callable[[Endpoint], Endpoint]:
-        return self.router.websocket(path, name, dependencies=dependencies)
+        return self.router.websocket(path, name, dependencies=dependencies, **limits)
 
     def add_api_websocket_route(
         self,
@@ -144,16 +149,25 @@ class App:
         name: str | None = None,
         *,
         dependencies: Sequence[Depends] | None = None,
+        **limits: Unpack[RouteLimits],
     ) -> WebSocketRoute:
-        return self.router.add_api_websocket_route(path, endpoint, name, dependencies=dependencies)
+        return self.router.add_api_websocket_route(
+            path, endpoint, name, dependencies=dependencies, **limits
+        )
 
-    def websocket_route(self, path: str, name: str | None = None) -> Callable[[Endpoint], Endpoint]:
-        return self.router.websocket_route(path, name)
+    def websocket_route(
+        self, path: str, name: str | None = None, **limits: Unpack[RouteLimits]
+    ) -> Callable[[Endpoint], Endpoint]:
+        return self.router.websocket_route(path, name, **limits)
 
     def add_websocket_route(
-        self, path: str, endpoint: Callable[..., Awaitable[None]], name: str | None = None
+        self,
+        path: str,
+        endpoint: Callable[..., Awaitable[None]],
+        name: str | None = None,
+        **limits: Unpack[RouteLimits],
     ) -> WebSocketRoute:
-        return self.router.add_websocket_route(path, endpoint, name)
+        return self.router.add_websocket_route(path, endpoint, name, **limits)
 
     def api_route(
         self,

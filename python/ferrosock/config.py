@@ -53,6 +53,24 @@ class Config:
         default=256 * 1024,
         metadata={"help": "bytes buffered per socket before reading pauses (TCP pushes back)"},
     )
+    ws_max_messages_per_second: float | None = field(
+        default=None,
+        metadata={
+            "help": "messages and control frames a client may send per second (a bucket "
+            "holding one second's worth); more close with 1008"
+        },
+    )
+    ws_max_bytes_per_second: int | None = field(
+        default=None,
+        metadata={
+            "help": "payload bytes a client may send per second (a bucket holding one "
+            "second's worth); more close with 1008"
+        },
+    )
+    ws_idle_timeout: float | None = field(
+        default=None,
+        metadata={"help": "seconds with no data message from the client before closing with 1001"},
+    )
     http_max_body: int = field(default=MIB, metadata={"help": "largest HTTP request body"})
     handshake_timeout: float = field(
         default=10.0,
@@ -241,6 +259,9 @@ class Config:
             "http_max_headers": self.http_max_headers,
             "max_connections_per_ip": self.max_connections_per_ip,
             "forwarded_allow_ips": self.forwarded_allow_ips if self.proxy_headers else None,
+            "ws_max_messages_per_second": self.ws_max_messages_per_second,
+            "ws_max_bytes_per_second": self.ws_max_bytes_per_second,
+            "ws_idle_timeout": self.ws_idle_timeout,
         }
 
     def replace(self, **changes: Any) -> Config:
@@ -274,6 +295,16 @@ def settings_reference() -> str:
         default = "none" if f.default is None else f"`{f.default!r}`"
         lines.append(f"| `{f.name}` | `{flag}` | {default} | {what} |")
     return "\n".join(lines) + "\n"
+
+
+def check_positive(name: str, value: float | None) -> None:
+    """A limit that is either off (None) or a positive number; otherwise ValueError naming it."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number or None, not {value!r}")
+    if value == float("inf"):
+        raise ValueError(f"{name} must be finite (None for no limit), not {value!r}")
 
 
 def load_env_file(path: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import _engine
-from .config import Config
+from .config import Config, check_positive
 from .listeners import inherited_address
 from .logs import configure_logging, log_level_number, read_log_config
 from .manager import BackendSettings, partitioned_managers
@@ -451,6 +451,8 @@ def check_settings(config: Config) -> None:
             "slow_consumer_timeout must be a positive number of seconds, "
             f"not {config.slow_consumer_timeout!r}"
         )
+    for rate in ("ws_max_messages_per_second", "ws_max_bytes_per_second", "ws_idle_timeout"):
+        check_positive(rate, getattr(config, rate))
     if config.loop not in ("auto", "asyncio", "uvloop"):
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
     if config.ssl_cert_reqs not in (0, 1, 2):

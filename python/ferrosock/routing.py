@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import http
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
+from .config import check_positive
 from .convertors import PathTemplate, parse_path
 from .dependencies import PlanBuilder, SolveContext, is_coroutine_callable
 from .exceptions import (
@@ -33,6 +34,14 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 Respond = Callable[[Response], None]
 
 _CLOSE_REASON_LIMIT = 123  # bytes: a close frame's payload is 125, two are the code
+
+
+class RouteLimits(TypedDict, total=False):
+    """The rate limits a WebSocket route may set for itself, each replacing the server's
+    ``ws_max_messages_per_second`` / ``ws_max_bytes_per_second`` (docs/security.md)."""
+
+    max_messages_per_second: float | None
+    max_bytes_per_second: float | None
 
 
 def _check_prefix(prefix: str) -> None:
@@ -70,7 +79,9 @@ class WebSocketRoute:
     the endpoint runs; a value that is missing or does not convert raises
     ``WebSocketRequestValidationError``, which by default refuses the handshake with 1008,
     as FastAPI. With ``connection_first`` the endpoint
-    is called as ``endpoint(websocket)``, Starlette's contract."""
+    is called as ``endpoint(websocket)``, Starlette's contract. ``max_messages_per_second``
+    and ``max_bytes_per_second`` replace the server's ``ws_max_messages_per_second`` and
+    ``ws_max_bytes_per_second`` for this route; the engine enforces them."""
 
     kind: Literal["websocket"] = "websocket"
 
@@ -82,7 +93,11 @@ class WebSocketRoute:
         name: str | None = None,
         dependencies: Sequence[Depends] | None = None,
         connection_first: bool = False,
+        max_messages_per_second: float | None = None,
+        max_bytes_per_second: float | None = None,
     ) -> None:
+        check_positive("max_messages_per_second", max_messages_per_second)
+        check_positive("max_bytes_per_second", max_bytes_per_second)
         if not is_coroutine_callable(endpoint):
             raise TypeError(
                 f"websocket endpoint {_name_of(endpoint)} must be an async function "
@@ -94,6 +109,8 @@ class WebSocketRoute:
         self.name = name or _name_of(endpoint)
         self.dependencies = list(dependencies or [])
         self.connection_first = connection_first
+        self.max_messages_per_second = max_messages_per_second
+        self.max_bytes_per_second = max_bytes_per_second
         builder = PlanBuilder("websocket", self.template.param_names)
         self.plan = builder.build(
             endpoint, dependencies=self.dependencies, connection_first=connection_first
@@ -111,6 +128,15 @@ class WebSocketRoute:
     def methods(self) -> list[str]:
         return []
 
+    @property
+    def engine_limits(self) -> dict[str, float]:
+        """The limits this route sets, as the engine's route table takes them."""
+        limits = {
+            "max_messages_per_second": self.max_messages_per_second,
+            "max_bytes_per_second": self.max_bytes_per_second,
+        }
+        return {name: float(value) for name, value in limits.items() if value is not None}
+
     def copy_with(self, path: str, dependencies: Sequence[Depends]) -> WebSocketRoute:
         return WebSocketRoute(
             path,
@@ -118,6 +144,8 @@ class WebSocketRoute:
             name=self.name,
             dependencies=dependencies,
             connection_first=self.connection_first,
+            max_messages_per_second=self.max_messages_per_second,
+            max_bytes_per_second=self.max_bytes_per_second,
         )
 
     async def handle(self, websocket: Any) -> None:
@@ -191,6 +219,11 @@ class APIRoute:
         self.tags = list(tags or [])
         builder = PlanBuilder("http", self.template.param_names)
         self.plan = builder.build(endpoint, dependencies=self.dependencies)
+
+    @property
+    def engine_limits(self) -> dict[str, float]:
+        """Rate limits are the WebSocket routes' only."""
+        return {}
 
     def copy_with(self, path: str, dependencies: Sequence[Depends]) -> APIRoute:
         return APIRoute(
@@ -309,27 +342,38 @@ class APIRouter:
         name: str | None = None,
         *,
         dependencies: Sequence[Depends] | None = None,
+        **limits: Unpack[RouteLimits],
     ) -> WebSocketRoute:
         route = WebSocketRoute(
             self.prefix + path,
             endpoint,
             name=name,
             dependencies=[*self.dependencies, *(dependencies or [])],
+            **limits,
         )
         self.routes.append(route)
         return route
 
     def websocket(
-        self, path: str, name: str | None = None, *, dependencies: Sequence[Depends] | None = None
+        self,
+        path: str,
+        name: str | None = None,
+        *,
+        dependencies: Sequence[Depends] | None = None,
+        **limits: Unpack[RouteLimits],
     ) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:
-            self.add_api_websocket_route(path, endpoint, name, dependencies=dependencies)
+            self.add_api_websocket_route(path, endpoint, name, dependencies=dependencies, **limits)
             return endpoint
 
         return register
 
     def add_websocket_route(
-        self, path: str, endpoint: Callable[..., Awaitable[None]], name: str | None = None
+        self,
+        path: str,
+        endpoint: Callable[..., Awaitable[None]],
+        name: str | None = None,
+        **limits: Unpack[RouteLimits],
     ) -> WebSocketRoute:
         """Starlette's form: the endpoint is called as ``endpoint(websocket)``."""
         route = WebSocketRoute(
@@ -338,13 +382,16 @@ class APIRouter:
             name=name,
             dependencies=self.dependencies,
             connection_first=True,
+            **limits,
         )
         self.routes.append(route)
         return route
 
-    def websocket_route(self, path: str, name: str | None = None) -> Callable[[Endpoint], Endpoint]:
+    def websocket_route(
+        self, path: str, name: str | None = None, **limits: Unpack[RouteLimits]
+    ) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:
-            self.add_websocket_route(path, endpoint, name)
+            self.add_websocket_route(path, endpoint, name, **limits)
             return endpoint
 
         return register

@@ -98,7 +98,8 @@ class Server:
         if self.config.metrics_path:
             self._routes.append(metrics_route(self.config.metrics_path))
         table = [
-            (r.template.engine_path, r.kind, list(r.methods), i) for i, r in enumerate(self._routes)
+            (r.template.engine_path, r.kind, list(r.methods), i, r.engine_limits)
+            for i, r in enumerate(self._routes)
         ]
         engine = _engine.Server(
             table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
