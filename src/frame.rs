@@ -596,11 +596,15 @@ impl OutFrame {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
+        masked_frame(fin, opcode, [0x12, 0x34, 0x56, 0x78], payload)
+    }
+
+    /// A client frame as the wire carries it (also used by the property tests).
+    pub(crate) fn masked_frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
         let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
         match payload.len() {
             n if n < 126 => out.push(0x80 | n as u8),

@@ -89,7 +89,7 @@ pub fn problem<B>(request: &Request<B>) -> Option<&'static str> {
 }
 
 /// A key is the base64 of 16 bytes: 22 base64 characters and "==".
-fn valid_key(key: &[u8]) -> bool {
+pub fn valid_key(key: &[u8]) -> bool {
     key.len() == 24
         && key.ends_with(b"==")
         && key[..22]

@@ -11,6 +11,8 @@ mod envelope;
 mod eventloop;
 mod forwarded;
 mod frame;
+#[cfg(test)]
+mod fuzz_tests;
 mod handshake;
 mod heartbeat;
 mod http;

@@ -21,6 +21,7 @@ from core_support import (
     http_get,
     recv,
 )
+from process_support import rss_kib
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -34,14 +35,6 @@ BYTES_PER_SECOND = 20_000
 IDLE_TIMEOUT = 0.6
 # Scheduling allowance on a loaded machine.
 SLACK = 1.0
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
 
 
 async def closed_by_server(websocket) -> tuple[int, str]:
@@ -319,6 +312,22 @@ async def test_data_holds_off_the_idle_timeout_and_pings_do_not(idle_server):
 def test_bad_limit_values_fail_at_startup_naming_the_setting(setting, value):
     with pytest.raises(ValueError, match=setting):
         check_settings(Config(**{setting: value}))
+
+
+def test_route_limits_survive_include_router():
+    from ferrosock import APIRouter
+
+    async def endpoint(websocket) -> None:
+        await websocket.accept()
+
+    router = APIRouter()
+    router.websocket("/chat", max_messages_per_second=3)(endpoint)
+    router.add_websocket_route("/raw", endpoint, max_bytes_per_second=1000)
+    app = App()
+    app.include_router(router, prefix="/v1")
+    limits = {route.path: route.engine_limits for route in app.routes}
+    assert limits["/v1/chat"] == {"max_messages_per_second": 3.0}
+    assert limits["/v1/raw"] == {"max_bytes_per_second": 1000.0}
 
 
 def test_a_route_limit_must_be_positive():

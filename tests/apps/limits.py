@@ -8,7 +8,7 @@ server come back to rest after load.
 
 import asyncio
 
-from ferrosock import App, WebSocket, WebSocketDisconnect, _engine
+from ferrosock import App, WebSocket, WebSocketDisconnect
 
 app = App()
 
@@ -75,9 +75,9 @@ async def seen(text: str) -> dict:
 
 @app.get("/state")
 async def state() -> dict:
-    metrics = _engine.metrics()
+    metrics = app.metrics()
     return {
-        "open_connections": metrics["connections_opened"] - metrics["connections_closed"],
+        "open_connections": metrics["open_connections"],
         "running_handlers": _running_handlers,
         "metrics": metrics,
     }
