@@ -390,20 +390,24 @@ impl ConnShared {
         }
     }
 
-    /// Queue a pong, or put it in place of the one still unwritten (RFC 6455 §5.5.3 lets
-    /// the newest ping alone be answered): pings from a peer that never reads cost nothing.
-    /// The replaced pong keeps the size it was counted at, so the outbox's count stays exact.
+    /// Queue a pong. Once the outbox is over its limit (a peer that does not read), put it
+    /// in place of the one still unwritten instead (RFC 6455 §5.5.3 lets the newest ping
+    /// alone be answered): a ping flood costs at most `outbox_limit`, while a peer that
+    /// reads gets a pong for every ping. The replaced pong keeps the size it was counted
+    /// at, so the outbox's count stays exact.
     fn queue_pong(&self, frame: OutFrame) {
+        let size = frame_size(&frame);
+        let backed_up =
+            self.outbox_bytes.load(Ordering::Acquire) + size > self.buffers.outbox_limit;
         let mut outbox = self.outbox.lock();
         let Outbox {
             queue, owed_pong, ..
         } = &mut *outbox;
         let owed = owed_pong.index(queue.len()).map(|i| &mut queue[i].frame);
-        if let Some(owed) = owed.filter(|owed| ratelimit::is_unwritten_pong(owed)) {
+        if let Some(owed) = owed.filter(|owed| backed_up && ratelimit::is_unwritten_pong(owed)) {
             *owed = frame;
             return;
         }
-        let size = frame_size(&frame);
         self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
         owed_pong.queued_at(queue.len());
         queue.push_back(Outgoing { frame, size });
