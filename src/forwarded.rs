@@ -112,11 +112,21 @@ impl TrustedProxies {
     }
 
     /// Who the client of a request from `peer` is: the host `X-Forwarded-For` names when
-    /// `peer` is trusted, else `peer`. An address is written in its one canonical form.
-    pub fn client_of(trusted: Option<&Self>, peer: IpAddr, headers: &HeaderMap) -> String {
-        let peer = canonical(peer);
-        let Some(trusted) = trusted.filter(|t| t.trusts_address(peer)) else {
-            return peer.to_string();
+    /// `peer` is trusted, else `peer`. An address is written in its one canonical form. A
+    /// Unix socket's peer (None) has no address: it is trusted only by `*`, and without a
+    /// forwarded host the client is unknown (None).
+    pub fn client_of(
+        trusted: Option<&Self>,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+    ) -> Option<String> {
+        let peer = peer.map(canonical);
+        let trusted = trusted.filter(|t| match peer {
+            Some(peer) => t.trusts_address(peer),
+            None => t.any,
+        });
+        let Some(trusted) = trusted else {
+            return peer.map(|p| p.to_string());
         };
         let chain: Vec<String> = headers
             .get_all("x-forwarded-for")
@@ -124,8 +134,10 @@ impl TrustedProxies {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
         match trusted.client_host(&chain.join(",")) {
-            Some(host) => parse_address(host).map_or_else(|| host.to_owned(), |a| a.to_string()),
-            None => peer.to_string(),
+            Some(host) => {
+                Some(parse_address(host).map_or_else(|| host.to_owned(), |a| a.to_string()))
+            }
+            None => peer.map(|p| p.to_string()),
         }
     }
 }
@@ -156,7 +168,11 @@ impl TrustedProxies {
         Self::parse(spec.to_str()?).map_err(PyValueError::new_err)
     }
 
+    /// `None` (a Unix socket's peer) is in only `*`.
     fn __contains__(&self, host: &Bound<'_, PyAny>) -> bool {
+        if host.is_none() {
+            return self.any;
+        }
         host.cast::<PyString>()
             .ok()
             .and_then(|h| h.to_str().ok().map(|h| self.trusts(h)))
@@ -226,23 +242,25 @@ mod tests {
         headers.append("x-forwarded-for", "::ffff:1.2.3.4".parse().unwrap());
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(
-            TrustedProxies::client_of(Some(&t), local, &headers),
-            "1.2.3.4"
-        );
-        assert_eq!(
-            TrustedProxies::client_of(Some(&t), other, &headers),
-            "10.0.0.1"
-        );
-        assert_eq!(
-            TrustedProxies::client_of(None, local, &headers),
-            "127.0.0.1"
-        );
+        let client_of = |t, peer, headers| TrustedProxies::client_of(t, Some(peer), headers);
+        assert_eq!(client_of(Some(&t), local, &headers).unwrap(), "1.2.3.4");
+        assert_eq!(client_of(Some(&t), other, &headers).unwrap(), "10.0.0.1");
+        assert_eq!(client_of(None, local, &headers).unwrap(), "127.0.0.1");
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let none = HeaderMap::new();
-        assert_eq!(
-            TrustedProxies::client_of(Some(&t), mapped, &none),
-            "127.0.0.1"
-        );
+        assert_eq!(client_of(Some(&t), mapped, &none).unwrap(), "127.0.0.1");
+    }
+
+    #[test]
+    fn a_unix_socket_peer_is_trusted_only_by_any() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", "9.9.9.9".parse().unwrap());
+        let any = trusted("*");
+        let local = trusted("127.0.0.1");
+        let client_of = |t, headers| TrustedProxies::client_of(t, None, headers);
+        assert_eq!(client_of(Some(&any), &headers).as_deref(), Some("9.9.9.9"));
+        assert_eq!(client_of(Some(&local), &headers), None);
+        assert_eq!(client_of(None, &headers), None);
+        assert_eq!(client_of(Some(&any), &HeaderMap::new()), None);
     }
 }

@@ -23,8 +23,8 @@ pub struct PendingRequest {
     pub path: String,
     pub query_string: String,
     pub headers: Vec<(String, String)>,
-    pub client: (String, u16),
-    pub server: (String, u16),
+    pub client: Option<(String, u16)>,
+    pub server: Option<(String, u16)>,
     pub path_params: Vec<(String, String)>,
     pub body: Bytes,
     pub reply: oneshot::Sender<Reply>,
@@ -45,9 +45,9 @@ pub struct HttpRequest {
     #[pyo3(get)]
     headers: Vec<(String, String)>,
     #[pyo3(get)]
-    client: (String, u16),
+    client: Option<(String, u16)>,
     #[pyo3(get)]
-    server: (String, u16),
+    server: Option<(String, u16)>,
     path_params: Vec<(String, String)>,
     body: Bytes,
     reply: Mutex<Option<oneshot::Sender<Reply>>>,

@@ -17,6 +17,7 @@ mod handshake;
 mod heartbeat;
 mod http;
 mod http_limits;
+mod listener;
 mod node;
 mod per_client;
 mod poller;

@@ -27,9 +27,9 @@ impl PerClient {
     }
 
     /// Count connection `id` for `client`, unless that client already has the maximum
-    /// open (false). Without a maximum nothing is counted.
-    pub fn admit(&self, id: u64, client: String) -> bool {
-        let Some(max) = self.max else {
+    /// open (false). Without a maximum, or a client with no address, nothing is counted.
+    pub fn admit(&self, id: u64, client: Option<String>) -> bool {
+        let (Some(max), Some(client)) = (self.max, client) else {
             return true;
         };
         let mut counts = self.counts.lock();
@@ -78,15 +78,15 @@ mod tests {
     #[test]
     fn a_client_at_its_maximum_is_refused_until_one_ends() {
         let limit = PerClient::new(Some(2));
-        assert!(limit.admit(1, "1.2.3.4".into()));
-        assert!(limit.admit(2, "1.2.3.4".into()));
-        assert!(!limit.admit(3, "1.2.3.4".into()));
-        assert!(limit.admit(4, "5.6.7.8".into()));
+        assert!(limit.admit(1, Some("1.2.3.4".into())));
+        assert!(limit.admit(2, Some("1.2.3.4".into())));
+        assert!(!limit.admit(3, Some("1.2.3.4".into())));
+        assert!(limit.admit(4, Some("5.6.7.8".into())));
         limit.release(1);
         limit.release(1);
         limit.release(3);
         assert_eq!(limit.open("1.2.3.4"), 1);
-        assert!(limit.admit(5, "1.2.3.4".into()));
+        assert!(limit.admit(5, Some("1.2.3.4".into())));
         for id in [2, 4, 5] {
             limit.release(id);
         }
@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn without_a_maximum_nothing_is_kept() {
         let limit = PerClient::new(None);
-        assert!((0..10).all(|id| limit.admit(id, "1.2.3.4".into())));
+        assert!((0..10).all(|id| limit.admit(id, Some("1.2.3.4".into()))));
         assert!(limit.counts.lock().of_connection.is_empty());
     }
 }

@@ -20,9 +20,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,7 @@ use crate::forwarded::TrustedProxies;
 use crate::handshake::{self, has_token, Decision, Handshake};
 use crate::http::{HttpRequest, PendingRequest, Reply};
 use crate::http_limits;
+use crate::listener::{Accepted, Ends, Listener, Prepared, Stream};
 use crate::per_client::PerClient;
 use crate::poller::{self, Poller};
 use crate::protocol::Limits;
@@ -321,16 +322,15 @@ impl Server {
 impl Server {
     fn listen(&self, py: Python<'_>) -> PyResult<()> {
         let listener = match self.state.config.fd {
-            Some(fd) => inherited(fd)?,
-            None => bind(&self.state.config)?,
+            Some(fd) => Prepared::inherited(fd)?,
+            None => Prepared::tcp(&self.state.config)?,
         };
-        self.port
-            .store(listener.local_addr()?.port(), Ordering::Relaxed);
+        self.port.store(listener.port()?, Ordering::Relaxed);
         let runtime = crate::runtime::init(self.io_threads);
         let state = self.state.clone();
         py.detach(|| {
             runtime.spawn(async move {
-                match TcpListener::from_std(listener) {
+                match listener.into_tokio() {
                     Ok(listener) => accept_loop(listener, state).await,
                     Err(error) => state.log(LOG_WARNING, format!("cannot listen: {error}")),
                 }
@@ -368,55 +368,18 @@ fn resolve(py: Python<'_>, future: Option<Py<PyAny>>) -> PyResult<()> {
     future.map_or(Ok(()), |future| poller::resolve(py, future))
 }
 
-fn bind(config: &ServerConfig) -> PyResult<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let address: SocketAddr = format!("{}:{}", config.host, config.port)
-        .parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), config.port))
-                .ok()
-                .and_then(|mut all| all.next())
-                .ok_or(())
-        })
-        .map_err(|_| PyValueError::new_err(format!("cannot resolve host {:?}", config.host)))?;
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if config.reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(config.backlog)?;
-    Ok(socket.into())
-}
-
-/// The listening socket the process inherited as `fd` (systemd's socket activation passes
-/// 3), served through a duplicate: the inherited descriptor stays open, so forked workers
-/// and a server started again in the same process can each take their own.
-fn inherited(fd: i32) -> PyResult<std::net::TcpListener> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: fcntl checks `fd` itself (EBADF when it is not open) and only duplicates it.
-    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if copy < 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(PyOSError::new_err(format!("fd {fd}: {error}")));
-    }
-    // SAFETY: `copy` is a descriptor just made for this socket and owned by nothing else.
-    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(copy) });
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
+async fn accept_loop(listener: Listener, state: Arc<ServerState>) {
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, peer, state.clone()));
+            Ok((Accepted::Tcp(stream), ends)) => {
+                tokio::spawn(serve_connection(stream, ends, state.clone()));
+            }
+            Ok((Accepted::Unix(stream), ends)) => {
+                tokio::spawn(serve_connection(stream, ends, state.clone()));
             }
             Err(error) => {
                 // Out of file descriptors or similar: say so, back off, keep serving.
@@ -427,26 +390,25 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
-    let local = stream.local_addr().unwrap_or(peer);
+async fn serve_connection<S: Stream>(stream: S, ends: Ends, state: Arc<ServerState>) {
     match &state.tls {
-        None => serve_http(stream, peer, local, state).await,
+        None => serve_http(stream, ends, state).await,
         Some(acceptor) => {
             // The TLS handshake counts against the time the request head may take.
             let deadline = state.config.handshake_timeout;
             match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(tls, peer, local, state).await,
+                Ok(Ok(tls)) => serve_http(tls, ends, state).await,
                 Ok(Err(error)) => {
-                    state.log(LOG_DEBUG, format!("{peer}: TLS handshake failed: {error}"))
+                    state.log(LOG_DEBUG, format!("{ends}: TLS handshake failed: {error}"))
                 }
-                Err(_) => state.log(LOG_DEBUG, format!("{peer}: TLS handshake timed out")),
+                Err(_) => state.log(LOG_DEBUG, format!("{ends}: TLS handshake timed out")),
             }
         }
     }
 }
 
 /// HTTP/1.1 over the accepted connection, plain or TLS.
-async fn serve_http<S>(io: S, peer: SocketAddr, local: SocketAddr, state: Arc<ServerState>)
+async fn serve_http<S>(io: S, ends: Ends, state: Arc<ServerState>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -454,7 +416,7 @@ where
     let (mut builder, served) = http_limits::builder(&state.config);
     let service = hyper::service::service_fn(move |request| {
         served.mark();
-        handle(request, service_state.clone(), peer, local)
+        handle(request, service_state.clone(), ends)
     });
     let mut connection = builder
         .auto_date_header(state.config.date_header)
@@ -522,24 +484,31 @@ pub fn check_tls(
     tls_config(certfile, keyfile, keyfile_password, ca_certs, cert_reqs).map(drop)
 }
 
-/// The socket hyper upgraded, as the TCP stream it accepted (its TLS session taken over
-/// too), with what hyper read past the handshake.
+/// The socket hyper upgraded, as the stream it accepted (its TLS session taken over too),
+/// with what hyper read past the handshake.
 fn take_socket(upgraded: hyper::upgrade::Upgraded) -> std::io::Result<(Socket, Bytes)> {
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    take_as::<TcpStream>(upgraded)
+        .or_else(take_as::<UnixStream>)
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::Unsupported.into()))
+}
+
+/// `take_socket` when the stream is an `S`, plain or under TLS; else `upgraded` back.
+fn take_as<S: Stream>(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<std::io::Result<(Socket, Bytes)>, hyper::upgrade::Upgraded> {
+    let upgraded = match upgraded.downcast::<TokioIo<S>>() {
         Ok(parts) => {
-            let tcp = parts.io.into_inner().into_std()?;
-            return Ok((Socket::new(tcp.into())?, parts.read_buf));
+            let socket = parts.io.into_inner().into_fd().and_then(Socket::new);
+            return Ok(socket.map(|socket| (socket, parts.read_buf)));
         }
         Err(upgraded) => upgraded,
     };
-    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-        Ok(parts) => {
-            let (tcp, session) = parts.io.into_inner().into_inner();
-            let socket = Socket::with_tls(tcp.into_std()?.into(), tls::Session::new(session))?;
-            Ok((socket, parts.read_buf))
-        }
-        Err(_) => Err(std::io::ErrorKind::Unsupported.into()),
-    }
+    let parts = upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<S>>>()?;
+    let (stream, session) = parts.io.into_inner().into_inner();
+    let socket = stream
+        .into_fd()
+        .and_then(|fd| Socket::with_tls(fd, tls::Session::new(session)));
+    Ok(socket.map(|socket| (socket, parts.read_buf)))
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
@@ -570,8 +539,7 @@ fn address(addr: SocketAddr) -> (String, u16) {
 async fn handle(
     request: Request<Incoming>,
     state: Arc<ServerState>,
-    peer: SocketAddr,
-    local: SocketAddr,
+    ends: Ends,
 ) -> Result<Response<Body>, Infallible> {
     let path = percent_decode(request.uri().path()).into_owned();
     let wants_websocket = has_token(request.headers(), header::UPGRADE, "websocket");
@@ -587,11 +555,11 @@ async fn handle(
                     params: found.params.clone(),
                     limits: found.endpoints.websocket_limits,
                 };
-                websocket_handshake(request, &state, route, path, peer, local).await
+                websocket_handshake(request, &state, route, path, ends).await
             }
             None => {
                 stats::record_refusal(Refusal::NotFound);
-                log_request(&state, peer, "GET", &path, 403, "no WebSocket route");
+                log_request(&state, ends, "GET", &path, 403, "no WebSocket route");
                 text_response(StatusCode::FORBIDDEN, "Forbidden")
             }
         }
@@ -602,7 +570,7 @@ async fn handle(
             Some(found) => match found.endpoints.http_route(&method) {
                 Some(route_id) => {
                     let params = found.params;
-                    http_request(request, &state, route_id, path, params, peer, local).await
+                    http_request(request, &state, route_id, path, params, ends).await
                 }
                 None if found.endpoints.http.is_empty() => {
                     text_response(StatusCode::NOT_FOUND, "Not Found")
@@ -627,17 +595,10 @@ async fn handle(
     Ok(response)
 }
 
-fn log_request(
-    state: &ServerState,
-    peer: SocketAddr,
-    method: &str,
-    path: &str,
-    status: u16,
-    why: &str,
-) {
+fn log_request(state: &ServerState, ends: Ends, method: &str, path: &str, status: u16, why: &str) {
     state.log(
         LOG_INFO,
-        format!("{peer} - \"{method} {path} HTTP/1.1\" {status} ({why})"),
+        format!("{ends} - \"{method} {path} HTTP/1.1\" {status} ({why})"),
     );
 }
 
@@ -654,12 +615,11 @@ async fn websocket_handshake(
     state: &Arc<ServerState>,
     route: Route,
     path: String,
-    peer: SocketAddr,
-    local: SocketAddr,
+    ends: Ends,
 ) -> Response<Body> {
     if let Some(problem) = handshake::problem(&request) {
         stats::record_refusal(Refusal::BadRequest);
-        log_request(state, peer, "GET", &path, 400, problem);
+        log_request(state, ends, "GET", &path, 400, problem);
         let mut response = text_response(StatusCode::BAD_REQUEST, "Bad Request");
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_VERSION,
@@ -669,7 +629,7 @@ async fn websocket_handshake(
     }
     if !handshake::origin_allowed(state.config.allowed_origins.as_deref(), request.headers()) {
         stats::record_refusal(Refusal::ForbiddenOrigin);
-        log_request(state, peer, "GET", &path, 403, "origin not allowed");
+        log_request(state, ends, "GET", &path, 403, "origin not allowed");
         return text_response(StatusCode::FORBIDDEN, "Forbidden");
     }
     if state
@@ -678,17 +638,17 @@ async fn websocket_handshake(
         .is_some_and(|max| state.live.lock().len() >= max)
     {
         stats::record_refusal(Refusal::OverCapacity);
-        log_request(state, peer, "GET", &path, 503, "max_connections reached");
+        log_request(state, ends, "GET", &path, 503, "max_connections reached");
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
     }
     let id = crate::node::next_id();
     let trusted = state.config.trusted_proxies.as_ref();
-    let client = TrustedProxies::client_of(trusted, peer.ip(), request.headers());
+    let client = TrustedProxies::client_of(trusted, ends.peer.map(|p| p.ip()), request.headers());
     if !state.per_client.admit(id, client) {
         stats::record_refusal(Refusal::OverClientLimit);
         log_request(
             state,
-            peer,
+            ends,
             "GET",
             &path,
             429,
@@ -714,8 +674,8 @@ async fn websocket_handshake(
         query_string: request.uri().query().unwrap_or("").to_owned(),
         scheme: if state.tls.is_some() { "wss" } else { "ws" },
         headers: header_pairs(request.headers()),
-        client: address(peer),
-        server: address(local),
+        client: ends.peer.map(address),
+        server: ends.local.map(address),
         path_params: route.params,
         subprotocols: handshake::subprotocols(request.headers()),
         decision: decision_tx,
@@ -790,8 +750,7 @@ async fn http_request(
     route_id: usize,
     path: String,
     path_params: Vec<(String, String)>,
-    peer: SocketAddr,
-    local: SocketAddr,
+    ends: Ends,
 ) -> Response<Body> {
     stats::bump(&counter::http_requests);
     let (parts, body) = request.into_parts();
@@ -809,8 +768,8 @@ async fn http_request(
         path,
         query_string: parts.uri.query().unwrap_or("").to_owned(),
         headers: header_pairs(&parts.headers),
-        client: address(peer),
-        server: address(local),
+        client: ends.peer.map(address),
+        server: ends.local.map(address),
         path_params,
         body,
         reply: reply_tx,

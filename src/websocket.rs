@@ -42,9 +42,9 @@ pub struct Connection {
     #[pyo3(get)]
     headers: Vec<(String, String)>,
     #[pyo3(get)]
-    client: (String, u16),
+    client: Option<(String, u16)>,
     #[pyo3(get)]
-    server: (String, u16),
+    server: Option<(String, u16)>,
     path_params: Vec<(String, String)>,
     #[pyo3(get)]
     subprotocols: Vec<String>,

@@ -25,7 +25,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
-STARTUP_LINE = re.compile(r"running on https?://127\.0\.0\.1:(\d+)")
+# A server on a Unix socket (``--uds``, or an inherited one) has no port: ``port`` is None.
+STARTUP_LINE = re.compile(r"running on (?:https?://127\.0\.0\.1:(\d+)|unix:)")
 
 
 class ServerProcess:
@@ -82,7 +83,8 @@ class ServerProcess:
         except AssertionError:
             self.kill()
             raise
-        self.port = int(STARTUP_LINE.search(line).group(1))
+        port = STARTUP_LINE.search(line).group(1)
+        self.port = None if port is None else int(port)
         return self
 
     def _collect(self, stream, lines: list[str]) -> None:

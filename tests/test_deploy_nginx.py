@@ -29,22 +29,33 @@ def documented_nginx_block() -> str:
     return match.group(1)
 
 
-@pytest.fixture
-def nginx_in_front(start_server, tmp_path):
+@pytest.fixture(params=["port", "unix socket"])
+def nginx_in_front(request, start_server, tmp_path):
+    """nginx on a free port in front of the chat, which listens on a port or (``--uds``,
+    as the docs' "Over a Unix socket" says) on a socket file."""
     if NGINX is None:
         if os.environ.get("FERROSOCK_REQUIRE_SERVICES"):
             pytest.fail("nginx is not installed and FERROSOCK_REQUIRE_SERVICES is set")
         pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
-    app = start_server("examples.chat_native:app", cwd=REPO_DIR)
-    port = free_port()
     block = documented_nginx_block()
-    block = block.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{app.port};")
+    if request.param == "port":
+        app = start_server("examples.chat_native:app", cwd=REPO_DIR)
+        upstream = f"server 127.0.0.1:{app.port};"
+    else:
+        path = tmp_path / "ferrosock.sock"
+        start_server("examples.chat_native:app", "--uds", str(path), cwd=REPO_DIR)
+        upstream = f"server unix:{path};"
+    port = free_port()
+    block = block.replace("server 127.0.0.1:8000;", upstream)
     block = block.replace("listen 80;", f"listen 127.0.0.1:{port};")
     temp = tmp_path / "temp"
     temp.mkdir()
     conf = tmp_path / "nginx.conf"
+    # Started by root, nginx's workers would run as nobody, who cannot reach the socket
+    # file in the test's private directory.
+    as_root = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"daemon off;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\n"
+        f"daemon off;\n{as_root}worker_processes 1;\npid {tmp_path}/nginx.pid;\n"
         f"error_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\naccess_log off;\nclient_body_temp_path {temp};\nproxy_temp_path {temp};\n"
         f"fastcgi_temp_path {temp};\nuwsgi_temp_path {temp};\nscgi_temp_path {temp};\n"

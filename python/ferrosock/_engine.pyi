@@ -115,8 +115,8 @@ class Connection:
     query_string: str
     scheme: str
     headers: list[tuple[str, str]]
-    client: tuple[str, int]
-    server: tuple[str, int]
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
     path_params: dict[str, str]
     subprotocols: list[str]
     @property
@@ -171,8 +171,8 @@ class HttpRequest:
     query_string: str
     scheme: str
     headers: list[tuple[str, str]]
-    client: tuple[str, int]
-    server: tuple[str, int]
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
     path_params: dict[str, str]
     body: bytes
     def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
@@ -185,7 +185,8 @@ class TrustedProxies:
 
     def __new__(cls, spec: str) -> TrustedProxies: ...
     def __contains__(self, host: object, /) -> bool:
-        """Whether ``host`` (an address string) is a trusted proxy."""
+        """Whether ``host`` (an address string) is a trusted proxy; None, a Unix
+        socket's peer, is trusted only by ``*``."""
     def client_host(self, forwarded_for: str) -> str | None:
         """The client an ``X-Forwarded-For`` value names: the rightmost address that is
         not a trusted proxy; the leftmost when every one is trusted; None when it names

@@ -18,8 +18,16 @@ class Config:
     fd: int | None = field(
         default=None,
         metadata={
-            "help": "serve on this inherited, already bound listening TCP socket instead of "
-            "binding host and port (systemd socket activation passes 3)"
+            "help": "serve on this inherited, already bound listening socket (TCP or Unix) "
+            "instead of binding host and port (systemd socket activation passes 3)"
+        },
+    )
+    uds: str | None = field(
+        default=None,
+        metadata={
+            "help": "listen on a Unix socket file at this path instead of host and port "
+            "(for a proxy on the same machine); a stale socket file there is replaced, "
+            "and removed at exit"
         },
     )
     workers: int = field(

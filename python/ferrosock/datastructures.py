@@ -126,14 +126,17 @@ class URL:
         cls,
         scheme: str,
         headers: Headers,
-        server: tuple[str, int],
+        server: tuple[str, int] | None,
         path: str,
         query_string: str = "",
     ) -> URL:
         """The URL a client asked for: the ``Host`` header if it sent one, else the
-        server's own address (its port left out when it is the scheme's default)."""
+        server's own address (its port left out when it is the scheme's default); just the
+        path when there is neither (a Unix socket has no address)."""
         host = headers.get("host")
         if host is None:
+            if server is None:
+                return cls(f"{path}?{query_string}" if query_string else path)
             server_host, server_port = server
             host = server_host
             if _DEFAULT_PORTS.get(scheme) != server_port:

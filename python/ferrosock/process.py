@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from . import _engine
 from .config import Config, check_positive
-from .listeners import inherited_address
+from .listeners import UnixListener, check_unix_path, inherited_address
 from .logs import configure_logging, log_level_number, read_log_config
 from .manager import BackendSettings, partitioned_managers
 from .proxies import Forwarding
@@ -192,6 +192,11 @@ class Supervisor:
         os.set_blocking(self._wakeup_write, False)
         previous_handlers = {signum: signal.getsignal(signum) for signum in SUPERVISOR_SIGNALS}
         previous_wakeup = signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        # A Unix socket is bound once, here; the workers inherit it as their fd.
+        unix = None
+        if self.config.uds is not None:
+            unix = UnixListener(self.config.uds, self.config.backlog)
+            self.worker_config = self.worker_config.replace(uds=None, fd=unix.fileno())
         try:
             for signum in SUPERVISOR_SIGNALS:
                 signal.signal(signum, _record_only)
@@ -204,6 +209,8 @@ class Supervisor:
                 self._restart_due()
                 self._enforce_deadline()
         finally:
+            if unix is not None:
+                unix.close()
             signal.set_wakeup_fd(previous_wakeup)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -444,8 +451,12 @@ def check_settings(config: Config) -> None:
     Forwarding.from_config(config)
     if config.log_config is not None:
         read_log_config(config.log_config)
+    if config.fd is not None and config.uds is not None:
+        raise ValueError("fd and uds each name the socket to listen on: give one, not both")
     if config.fd is not None:
         inherited_address(config.fd)
+    if config.uds is not None:
+        check_unix_path(config.uds)
     if not config.slow_consumer_timeout > 0:
         raise ValueError(
             "slow_consumer_timeout must be a positive number of seconds, "

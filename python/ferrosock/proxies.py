@@ -29,7 +29,7 @@ class Source(Protocol):
     """What the engine says of a connection (its ``Connection`` and ``HttpRequest``)."""
 
     @property
-    def client(self) -> tuple[str, int]: ...
+    def client(self) -> tuple[str, int] | None: ...
     @property
     def scheme(self) -> str: ...
     @property
@@ -39,17 +39,26 @@ class Source(Protocol):
     @property
     def headers(self) -> list[tuple[str, str]]: ...
     @property
-    def server(self) -> tuple[str, int]: ...
+    def server(self) -> tuple[str, int] | None: ...
 
 
 class Origin(NamedTuple):
     """A connection as the app sees it: the real client, the scheme the client used, and
-    the full path (``root_path`` + the path routed)."""
+    the full path (``root_path`` + the path routed). ``client`` is None for a peer on a
+    Unix socket that no trusted proxy header names."""
 
-    client: tuple[str, int]
+    client: tuple[str, int] | None
     scheme: str
     root_path: str
     path: str
+
+    @property
+    def client_text(self) -> str:
+        """The client as logs show it."""
+        if self.client is None:
+            return "unix socket"
+        host, port = self.client
+        return f"{host}:{port}"
 
     def scope(self, kind: str, source: Source, **extra: Any) -> dict[str, Any]:
         """The keys an ASGI scope of ``kind`` ("http", "websocket") shares, and ``extra``."""
@@ -91,7 +100,7 @@ class Forwarding:
     def origin(self, source: Source, headers: Headers, websocket: bool) -> Origin:
         client, scheme = source.client, source.scheme
         trusted = self.trusted
-        if trusted is not None and client[0] in trusted:
+        if trusted is not None and (client[0] if client else None) in trusted:
             proto = headers.getlist("x-forwarded-proto")
             if proto:
                 schemes = _WEBSOCKET_SCHEMES if websocket else _HTTP_SCHEMES

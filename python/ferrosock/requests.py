@@ -70,8 +70,10 @@ class HTTPConnection(Mapping[str, Any]):
         )
 
     @cached_property
-    def client(self) -> Address:
-        return Address(*self._origin.client)
+    def client(self) -> Address | None:
+        """None on a Unix socket, unless a trusted proxy named the client."""
+        client = self._origin.client
+        return None if client is None else Address(*client)
 
     @cached_property
     def scope(self) -> dict[str, Any]:

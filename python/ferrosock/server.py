@@ -21,7 +21,7 @@ from typing import Any
 from . import _engine
 from .config import Config
 from .exceptions import WebSocketDisconnect, call_exception_handler, server_error_handler
-from .listeners import inherited_address
+from .listeners import UnixListener, inherited_address
 from .manager import configure_backends, stop_backends
 from .metrics import PROMETHEUS_CONTENT_TYPE, collect, prometheus_text
 from .proxies import NO_FORWARDING, Forwarding
@@ -32,7 +32,7 @@ from .websockets import WebSocket, WebSocketState, close_unless_closed
 
 # Given a client's (host, port): the context its handler runs in, or None for a copy of
 # the loop's. ``TestClient`` uses it to run each handler in a copy of the test's context.
-ContextFor = Callable[[tuple[str, int]], contextvars.Context | None]
+ContextFor = Callable[[tuple[str, int] | None], contextvars.Context | None]
 
 logger = logging.getLogger("ferrosock.error")
 # At shutdown, after graceful_shutdown_timeout: how long cancelled handlers get to end, so
@@ -47,6 +47,7 @@ class Server:
         self.config = config or Config()
         self.started = threading.Event()
         self.port: int | None = None
+        self._unix: UnixListener | None = None  # the socket file bound for ``uds``
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exit: asyncio.Event | None = None
@@ -83,6 +84,7 @@ class Server:
             raise
         finally:
             stop_backends(loop)
+            self._close_unix()
             self.started.set()
 
     def request_shutdown(self) -> None:
@@ -101,28 +103,36 @@ class Server:
             (r.template.engine_path, r.kind, list(r.methods), i, r.engine_limits)
             for i, r in enumerate(self._routes)
         ]
-        engine = _engine.Server(
-            table, self._on_websocket, self._on_http, self._on_log, **self.config.engine_kwargs()
-        )
+        settings = self.config.engine_kwargs()
+        if self.config.uds is not None:
+            self._unix = UnixListener(self.config.uds, self.config.backlog)
+            settings["fd"] = self._unix.fileno()
+        engine = _engine.Server(table, self._on_websocket, self._on_http, self._on_log, **settings)
         engine.start(loop.create_future, loop.call_soon, loop.call_later)
         loop.add_reader(engine.ready_fd, engine.drain)
         loop.add_reader(engine.poll_fd, engine.poll)
         self.port = engine.port
         return engine
 
+    def _close_unix(self) -> None:
+        if self._unix is not None:
+            self._unix.close()
+            self._unix = None
+
     def _announce(self) -> None:
-        host, inherited = self.config.host, ""
-        if self.config.fd is not None:
-            host, inherited = inherited_address(self.config.fd)[0], f" (fd {self.config.fd})"
-        shown = f"[{host}]" if ":" in host else host
         scheme = "https" if self.config.ssl_certfile else "http"
-        logger.info(
-            "ferrosock running on %s://%s:%d%s (Press CTRL+C to quit)",
-            scheme,
-            shown,
-            self.port or 0,
-            inherited,
-        )
+        address: tuple[str, int] | str = (self.config.host, self.port or 0)
+        inherited = ""
+        if self.config.uds is not None:
+            address = self.config.uds
+        elif self.config.fd is not None:
+            address, inherited = inherited_address(self.config.fd), f" (fd {self.config.fd})"
+        if isinstance(address, str):
+            where = f"unix:{address}"
+        else:
+            host = f"[{address[0]}]" if ":" in address[0] else address[0]
+            where = f"{scheme}://{host}:{self.port or 0}"
+        logger.info("ferrosock running on %s%s (Press CTRL+C to quit)", where, inherited)
 
     async def _shutdown(self, engine: _engine.Server) -> None:
         logger.info("Shutting down")
@@ -142,7 +152,7 @@ class Server:
 
     # ---- engine callbacks (on the loop thread, from engine.drain) ----
 
-    def _spawn(self, coroutine: Any, client: tuple[str, int]) -> None:
+    def _spawn(self, coroutine: Any, client: tuple[str, int] | None) -> None:
         context = self.context_for(client) if self.context_for is not None else None
         task = asyncio.get_running_loop().create_task(coroutine, context=context)
         self._tasks.add(task)
@@ -182,13 +192,12 @@ class Server:
         if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
             return
         connection = websocket._connection
-        (host, port), path = websocket._origin.client, websocket._origin.path
+        client, path = websocket._origin.client_text, websocket._origin.path
         refusal = websocket.refusal
         if refusal is not None and refusal.code is not None:
             access_logger.info(
-                '%s:%d - "WebSocket %s" %d (closed before accept: %d %s)',
-                host,
-                port,
+                '%s - "WebSocket %s" %d (closed before accept: %d %s)',
+                client,
                 path,
                 refusal.status_code,
                 refusal.code,
@@ -196,12 +205,11 @@ class Server:
             )
         elif connection.refused:
             status = refusal.status_code if refusal is not None else 500
-            access_logger.info('%s:%d - "WebSocket %s" %d', host, port, path, status)
+            access_logger.info('%s - "WebSocket %s" %d', client, path, status)
         else:
             access_logger.info(
-                '%s:%d - "WebSocket %s" closed (%s)',
-                host,
-                port,
+                '%s - "WebSocket %s" closed (%s)',
+                client,
                 path,
                 connection.close_code,
             )
@@ -225,12 +233,11 @@ class Server:
                 respond(await self._server_error_response(request, exc))
         response = sent[0]
         if self.config.access_log and access_logger.isEnabledFor(logging.INFO):
-            (host, port), path = request._origin.client, request._origin.path
+            client, path = request._origin.client_text, request._origin.path
             query = f"?{http_request.query_string}" if http_request.query_string else ""
             access_logger.info(
-                '%s:%d - "%s %s%s HTTP/1.1" %d',
-                host,
-                port,
+                '%s - "%s %s%s HTTP/1.1" %d',
+                client,
                 http_request.method,
                 path,
                 query,

@@ -86,7 +86,9 @@ class _EndpointOutcomes:
         with self._finished:
             self._contexts[port] = context
 
-    def context_for(self, client: tuple[str, int]) -> contextvars.Context | None:
+    def context_for(self, client: tuple[str, int] | None) -> contextvars.Context | None:
+        if client is None:
+            return None
         with self._finished:
             return self._contexts.pop(client[1], None)
 
@@ -125,6 +127,7 @@ class _ServerThread:
             "host": "127.0.0.1",
             "port": 0,
             "fd": None,
+            "uds": None,
             "workers": 1,
             "log_level": "warning",
             "server_header": False,

@@ -115,8 +115,8 @@ class WebSocket(HTTPConnection):
         accepted = self._connection.accept(subprotocol, extra)
         self._connect_received = True  # receive() goes straight to the engine from now on
         if logger.isEnabledFor(logging.INFO):
-            (host, port), path = self._origin.client, self._origin.path
-            logger.info('%s:%d - "WebSocket %s" [accepted]', host, port, path)
+            client, path = self._origin.client_text, self._origin.path
+            logger.info('%s - "WebSocket %s" [accepted]', client, path)
         return accepted
 
     def receive(self) -> Awaitable[dict[str, Any]]:

@@ -9,10 +9,11 @@ app = App()
 
 def _seen(connection: Request | WebSocket) -> dict:
     scope = connection.scope
+    client, scope_client = connection.client, scope["client"]
     return {
-        "client": list(connection.client),
+        "client": None if client is None else list(client),
         "url": str(connection.url),
-        "scope_client": list(scope["client"]),
+        "scope_client": None if scope_client is None else list(scope_client),
         "scope_scheme": scope["scheme"],
         "root_path": scope["root_path"],
         "path": scope["path"],
