@@ -143,6 +143,10 @@ struct Outbox {
     socket: Option<Arc<Socket>>,
     /// Where the one pong owed to the peer waits, if one does.
     owed_pong: OwedPong,
+    /// The peer broke the protocol and the driver holds its close (`protocol.rs`): a
+    /// close asked for meanwhile, by the handler or anyone, sends this code instead, since
+    /// the violation came first.
+    held_failure: Option<(u16, &'static str)>,
 }
 
 struct Inbox {
@@ -220,6 +224,7 @@ impl ConnShared {
                 queue: VecDeque::new(),
                 socket: None,
                 owed_pong: OwedPong::default(),
+                held_failure: None,
             }),
             outbox_bytes: AtomicUsize::new(0),
             io_waker: OnceLock::new(),
@@ -446,6 +451,7 @@ impl ConnShared {
             queue,
             socket,
             owed_pong,
+            ..
         } = &mut *outbox;
         let Some(socket) = socket else {
             return Ok(Written {
@@ -597,6 +603,7 @@ impl ConnShared {
     /// but one already partly written, which must be finished) so that the close frame is
     /// next on the wire. For a socket that is not reading, and at shutdown.
     pub fn close_now(self: &Arc<Self>, code: u16, reason: &str) {
+        let (code, reason) = self.closing_code(code, reason);
         if !self.end(code, reason) {
             return;
         }
@@ -623,6 +630,7 @@ impl ConnShared {
     /// Ask the driver to send a close frame; the connection counts as ended from now on.
     /// The driver drops the socket if the closing handshake takes over `close_timeout`.
     pub fn close(self: &Arc<Self>, code: u16, reason: &str) {
+        let (code, reason) = self.closing_code(code, reason);
         if self.end(code, reason) {
             self.outbox.lock().queue.push_back(Outgoing {
                 frame: OutFrame::close(code, reason),
@@ -630,6 +638,20 @@ impl ConnShared {
             });
             self.wake_io();
         }
+    }
+
+    /// The peer broke the protocol; the driver sends its close once the handler has caught
+    /// up, and any close asked for before that becomes this one.
+    pub fn hold_failure(&self, code: u16, reason: &'static str) {
+        self.outbox
+            .lock()
+            .held_failure
+            .get_or_insert((code, reason));
+    }
+
+    /// The code and reason a close asked for now goes out with.
+    fn closing_code<'a>(&self, code: u16, reason: &'a str) -> (u16, &'a str) {
+        self.outbox.lock().held_failure.unwrap_or((code, reason))
     }
 
     /// Drop the socket now, without a closing handshake.

@@ -569,10 +569,13 @@ impl Session {
                     shared.close(code, &reason);
                     self.protocol.start_closing(now);
                 }
-                Action::Violated(code, reason) => shared.log(
-                    LOG_INFO,
-                    format!("closing connection {} with {code}: {reason}", shared.id),
-                ),
+                Action::Violated(code, reason) => {
+                    shared.hold_failure(code, reason);
+                    shared.log(
+                        LOG_INFO,
+                        format!("closing connection {} with {code}: {reason}", shared.id),
+                    );
+                }
                 Action::RoundTrip(micros) => {
                     shared.latency_us.store(micros, Ordering::Relaxed);
                     crate::stats::record_rtt(micros);

@@ -44,7 +44,8 @@ pub enum Action {
     /// End the connection with this code and queue its close frame (no-op if it already
     /// ended: the first end wins).
     Close(u16, String),
-    /// The peer broke the protocol; its close is held (for the log).
+    /// The peer broke the protocol; its close is held. The driver logs it and makes it
+    /// the code of any close asked for before the held one goes out.
     Violated(u16, &'static str),
     /// A pong came back for our ping after this many microseconds.
     RoundTrip(u64),

@@ -259,3 +259,20 @@ async def test_handshakes_rfc_6455_forbids_are_400(core_server, head):
 async def test_the_same_handshake_with_one_origin_and_a_host_is_accepted(core_server):
     head = f"GET /echo HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n{_UPGRADE}\r\n"
     assert await _status_of_raw_head(core_server.port, head) == 101
+
+
+async def test_a_handler_that_closes_while_a_violation_is_held_sends_the_violation_code(
+    core_server,
+):
+    # /json-binary answers one message and closes with the default 1000; the peer's
+    # violation arrived first, so the close that goes out is the violation's 1002.
+    raw = await RawWebSocket.open(core_server.port, "/json-binary")
+    try:
+        violation = encode_frame(0x5, b"")
+        raw.writer.write(encode_frame(OPCODE_BINARY, b'{"n": 1}') + violation)
+        await raw.writer.drain()
+        reply = await raw.read_frame()
+        assert (reply.opcode, reply.payload) == (OPCODE_BINARY, b'{"n":1}')
+        assert (await raw.read_frame()).close_code == 1002
+    finally:
+        await raw.aclose()
