@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Bridge, LOG_DEBUG, LOG_INFO, LOG_WARNING};
-use crate::config::{seconds, ServerConfig};
+use crate::config::{ServerConfig, Settings};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
 use crate::forwarded::TrustedProxies;
@@ -42,7 +42,7 @@ use crate::ratelimit::RateLimits;
 use crate::router::{percent_decode, RouteSpec, Routes};
 use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
-use crate::tls::{self, TlsFiles};
+use crate::tls::{self, TlsSettings};
 use crate::websocket::Connection;
 
 type Body = Full<Bytes>;
@@ -108,7 +108,6 @@ pub struct Server {
     on_websocket: Py<PyAny>,
     on_http: Py<PyAny>,
     on_log: Py<PyAny>,
-    io_threads: Option<usize>,
     port: AtomicU16,
     /// The drained batch's buffer, kept to reuse its allocation.
     batch: Mutex<Vec<Event>>,
@@ -117,97 +116,25 @@ pub struct Server {
 #[pymethods]
 impl Server {
     #[new]
-    // Every setting is required: the defaults live in one place, Python's `Config`.
-    #[pyo3(signature = (
-        routes, on_websocket, on_http, on_log, *,
-        host, port, fd, backlog, reuse_port, ws_max_size, ws_ping_interval, ws_ping_timeout,
-        max_connections, allowed_origins, outbox_limit, inbox_limit, http_max_body, io_threads,
-        close_timeout, slow_consumer_timeout, ssl_certfile, ssl_keyfile, ssl_keyfile_password,
-        ssl_ca_certs, ssl_cert_reqs, handshake_timeout, timeout_keep_alive,
-        http_max_header_size, http_max_headers, max_connections_per_ip, forwarded_allow_ips,
-        server_header, date_header,
-        ws_max_messages_per_second, ws_max_bytes_per_second, ws_idle_timeout,
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    // `config` is the Python `Config`: its fields are read by name (`config::Settings`,
+    // `tls::TlsSettings`), so the defaults live in one place.
     fn new(
         routes: Vec<RouteSpec>,
         on_websocket: Py<PyAny>,
         on_http: Py<PyAny>,
         on_log: Py<PyAny>,
-        host: String,
-        port: u16,
-        fd: Option<i32>,
-        backlog: i32,
-        reuse_port: bool,
-        ws_max_size: usize,
-        ws_ping_interval: Option<f64>,
-        ws_ping_timeout: Option<f64>,
-        max_connections: Option<usize>,
-        allowed_origins: Option<Vec<String>>,
-        outbox_limit: usize,
-        inbox_limit: usize,
-        http_max_body: usize,
-        io_threads: Option<usize>,
-        close_timeout: f64,
-        slow_consumer_timeout: f64,
-        ssl_certfile: Option<String>,
-        ssl_keyfile: Option<String>,
-        ssl_keyfile_password: Option<String>,
-        ssl_ca_certs: Option<String>,
-        ssl_cert_reqs: u8,
-        handshake_timeout: f64,
-        timeout_keep_alive: f64,
-        http_max_header_size: usize,
-        http_max_headers: usize,
-        max_connections_per_ip: Option<usize>,
-        forwarded_allow_ips: Option<String>,
-        server_header: bool,
-        date_header: bool,
-        ws_max_messages_per_second: Option<f64>,
-        ws_max_bytes_per_second: Option<f64>,
-        ws_idle_timeout: Option<f64>,
+        config: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let tls = tls_config(
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_keyfile_password,
-            ssl_ca_certs,
-            ssl_cert_reqs,
-        )?
-        .map(tokio_rustls::TlsAcceptor::from);
+        let tls = config
+            .extract::<TlsSettings>()?
+            .server_config()
+            .map_err(PyValueError::new_err)?
+            .map(tokio_rustls::TlsAcceptor::from);
         let routes = Routes::build(routes).map_err(PyValueError::new_err)?;
-        let trusted_proxies = forwarded_allow_ips
-            .map(|spec| TrustedProxies::parse(&spec))
-            .transpose()
+        let config = config
+            .extract::<Settings>()?
+            .server_config()
             .map_err(PyValueError::new_err)?;
-        let config = ServerConfig {
-            host,
-            port,
-            fd,
-            backlog,
-            reuse_port,
-            ws_max_size,
-            ws_ping_interval: seconds(ws_ping_interval),
-            ws_ping_timeout: seconds(ws_ping_timeout),
-            max_connections,
-            allowed_origins,
-            outbox_limit: outbox_limit.max(1),
-            inbox_limit: inbox_limit.max(1),
-            http_max_body,
-            close_timeout: Duration::from_secs_f64(close_timeout.max(0.01)),
-            slow_consumer_timeout: Duration::from_secs_f64(slow_consumer_timeout.max(0.01)),
-            handshake_timeout: Duration::from_secs_f64(handshake_timeout.max(0.01)),
-            timeout_keep_alive: Duration::from_secs_f64(timeout_keep_alive.max(0.01)),
-            http_max_header_size,
-            http_max_headers: http_max_headers.max(1),
-            max_connections_per_ip,
-            trusted_proxies,
-            server_header,
-            date_header,
-            ws_max_messages_per_second,
-            ws_max_bytes_per_second,
-            ws_idle_timeout: seconds(ws_idle_timeout),
-        };
         let poller = Poller::new(Limits {
             max_size: config.ws_max_size,
             ping_interval: config.ws_ping_interval,
@@ -215,6 +142,7 @@ impl Server {
             close_timeout: config.close_timeout,
             idle_timeout: config.ws_idle_timeout,
         })?;
+        let port = config.port;
         let state = ServerState {
             per_client: PerClient::new(config.max_connections_per_ip),
             config,
@@ -231,7 +159,6 @@ impl Server {
             on_websocket,
             on_http,
             on_log,
-            io_threads,
             port: AtomicU16::new(port),
             batch: Mutex::new(Vec::new()),
         })
@@ -326,7 +253,7 @@ impl Server {
             None => Prepared::tcp(&self.state.config)?,
         };
         self.port.store(listener.port()?, Ordering::Relaxed);
-        let runtime = crate::runtime::init(self.io_threads);
+        let runtime = crate::runtime::init(self.state.config.io_threads);
         let state = self.state.clone();
         py.detach(|| {
             runtime.spawn(async move {
@@ -439,49 +366,13 @@ where
     }
 }
 
-/// The TLS configuration the `ssl_*` settings describe (`None` without a certificate);
-/// a ValueError naming the setting and the file if they are not usable.
-fn tls_config(
-    certfile: Option<String>,
-    keyfile: Option<String>,
-    keyfile_password: Option<String>,
-    ca_certs: Option<String>,
-    cert_reqs: u8,
-) -> PyResult<Option<Arc<rustls::ServerConfig>>> {
-    match (certfile, keyfile) {
-        (Some(certfile), Some(keyfile)) => {
-            let files = TlsFiles {
-                certfile,
-                keyfile,
-                keyfile_password,
-                ca_certs,
-                cert_reqs,
-            };
-            tls::server_config(&files)
-                .map(Some)
-                .map_err(PyValueError::new_err)
-        }
-        (None, None) if cert_reqs == 0 => Ok(None),
-        (None, None) => Err(PyValueError::new_err(
-            "ssl_cert_reqs asks for client certificates, but ssl_certfile is not set",
-        )),
-        _ => Err(PyValueError::new_err(
-            "ssl_certfile and ssl_keyfile go together: give both, or neither",
-        )),
-    }
-}
-
-/// Check the `ssl_*` settings at start, before anything binds or forks.
+/// Check the `ssl_*` settings of a `Config` at start, before anything binds or forks.
 #[pyfunction]
-#[pyo3(signature = (certfile, keyfile, keyfile_password, ca_certs, cert_reqs))]
-pub fn check_tls(
-    certfile: Option<String>,
-    keyfile: Option<String>,
-    keyfile_password: Option<String>,
-    ca_certs: Option<String>,
-    cert_reqs: u8,
-) -> PyResult<()> {
-    tls_config(certfile, keyfile, keyfile_password, ca_certs, cert_reqs).map(drop)
+pub fn check_tls(config: TlsSettings) -> PyResult<()> {
+    config
+        .server_config()
+        .map(drop)
+        .map_err(PyValueError::new_err)
 }
 
 /// The socket hyper upgraded, as the stream it accepted (its TLS session taken over too),

@@ -9,12 +9,46 @@ use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use pyo3::FromPyObject;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
-/// The TLS settings as the Python `Config` gives them (uvicorn's names).
+/// The `ssl_*` fields of Python's `Config`, read by attribute name (uvicorn's names).
+#[derive(FromPyObject)]
+pub struct TlsSettings {
+    ssl_certfile: Option<String>,
+    ssl_keyfile: Option<String>,
+    ssl_keyfile_password: Option<String>,
+    ssl_ca_certs: Option<String>,
+    ssl_cert_reqs: u8,
+}
+
+impl TlsSettings {
+    /// The TLS configuration they describe (`None` without a certificate); the error names
+    /// the setting and the file if they are not usable.
+    pub fn server_config(self) -> Result<Option<Arc<ServerConfig>>, String> {
+        match (self.ssl_certfile, self.ssl_keyfile) {
+            (Some(certfile), Some(keyfile)) => server_config(&TlsFiles {
+                certfile,
+                keyfile,
+                keyfile_password: self.ssl_keyfile_password,
+                ca_certs: self.ssl_ca_certs,
+                cert_reqs: self.ssl_cert_reqs,
+            })
+            .map(Some),
+            (None, None) if self.ssl_cert_reqs == 0 => Ok(None),
+            (None, None) => Err(
+                "ssl_cert_reqs asks for client certificates, but ssl_certfile is not set"
+                    .to_owned(),
+            ),
+            _ => Err("ssl_certfile and ssl_keyfile go together: give both, or neither".to_owned()),
+        }
+    }
+}
+
+/// The TLS files, once both are given.
 pub struct TlsFiles {
     pub certfile: String,
     pub keyfile: String,

@@ -17,6 +17,8 @@ future.
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, final
 
+from ferrosock.config import Config
+
 RouteKind = Literal["websocket", "http"]
 
 @final
@@ -27,39 +29,7 @@ class Server:
         on_websocket: Callable[[int, Connection], None],
         on_http: Callable[[int, HttpRequest], None],
         on_log: Callable[[int, str], None],
-        *,
-        host: str,
-        port: int,
-        fd: int | None,
-        backlog: int,
-        reuse_port: bool,
-        ws_max_size: int,
-        ws_ping_interval: float | None,
-        ws_ping_timeout: float | None,
-        max_connections: int | None,
-        allowed_origins: list[str] | None,
-        outbox_limit: int,
-        inbox_limit: int,
-        http_max_body: int,
-        io_threads: int | None,
-        close_timeout: float,
-        server_header: bool,
-        date_header: bool,
-        slow_consumer_timeout: float,
-        ssl_certfile: str | None,
-        ssl_keyfile: str | None,
-        ssl_keyfile_password: str | None,
-        ssl_ca_certs: str | None,
-        ssl_cert_reqs: int,
-        handshake_timeout: float,
-        timeout_keep_alive: float,
-        http_max_header_size: int,
-        http_max_headers: int,
-        max_connections_per_ip: int | None,
-        forwarded_allow_ips: str | None,
-        ws_max_messages_per_second: float | None,
-        ws_max_bytes_per_second: float | None,
-        ws_idle_timeout: float | None,
+        config: Config,
     ) -> Server:
         """``routes``: ``(path template, kind, HTTP methods, route id, limits)``; templates
         use ``{name}`` segments and are compiled once; ``limits`` holds the rate limits a
@@ -67,8 +37,8 @@ class Server:
         ``max_bytes_per_second``), each replacing the server's. ``on_websocket`` and
         ``on_http`` are called on the event-loop thread (from ``drain``) with the route id
         and the new object; ``on_log`` with a ``logging`` level and a message the IO threads
-        produced. Every setting is required: their defaults live in
-        ``ferrosock.config.Config`` only."""
+        produced. ``config`` is read by attribute name, so each setting's default lives
+        in ``Config`` only."""
     def start(
         self,
         create_future: Callable[[], Any],
@@ -252,13 +222,7 @@ class Op:
     def __await__(self) -> Op: ...
     def __next__(self) -> Any: ...
 
-def check_tls(
-    certfile: str | None,
-    keyfile: str | None,
-    keyfile_password: str | None,
-    ca_certs: str | None,
-    cert_reqs: int,
-) -> None:
+def check_tls(config: Config) -> None:
     """Raise ValueError, naming the setting and the file, if the ``ssl_*`` settings do
     not make a usable TLS configuration."""
 

@@ -235,43 +235,6 @@ class Config:
         }
         return cls(**{**from_environment, **given})
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        """The settings the Rust engine takes."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "fd": self.fd,
-            "backlog": self.backlog,
-            "reuse_port": self.reuse_port or self.workers > 1,
-            "ws_max_size": self.ws_max_size,
-            "ws_ping_interval": self.ws_ping_interval or None,
-            "ws_ping_timeout": self.ws_ping_timeout or None,
-            "max_connections": self.max_connections,
-            "allowed_origins": self.allowed_origins,
-            "outbox_limit": self.outbox_limit,
-            "inbox_limit": self.inbox_limit,
-            "http_max_body": self.http_max_body,
-            "io_threads": self.io_threads or _available_cpus(),
-            "close_timeout": self.close_timeout,
-            "server_header": self.server_header,
-            "date_header": self.date_header,
-            "slow_consumer_timeout": self.slow_consumer_timeout,
-            "ssl_certfile": self.ssl_certfile,
-            "ssl_keyfile": self.ssl_keyfile,
-            "ssl_keyfile_password": self.ssl_keyfile_password,
-            "ssl_ca_certs": self.ssl_ca_certs,
-            "ssl_cert_reqs": self.ssl_cert_reqs,
-            "handshake_timeout": self.handshake_timeout,
-            "timeout_keep_alive": self.timeout_keep_alive,
-            "http_max_header_size": self.http_max_header_size,
-            "http_max_headers": self.http_max_headers,
-            "max_connections_per_ip": self.max_connections_per_ip,
-            "forwarded_allow_ips": self.forwarded_allow_ips if self.proxy_headers else None,
-            "ws_max_messages_per_second": self.ws_max_messages_per_second,
-            "ws_max_bytes_per_second": self.ws_max_bytes_per_second,
-            "ws_idle_timeout": self.ws_idle_timeout,
-        }
-
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
@@ -337,10 +300,3 @@ def load_env_file(path: str) -> None:
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
         os.environ.setdefault(name, value)
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1

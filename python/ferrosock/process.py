@@ -468,13 +468,7 @@ def check_settings(config: Config) -> None:
         raise ValueError(f"loop must be auto, asyncio or uvloop, not {config.loop!r}")
     if config.ssl_cert_reqs not in (0, 1, 2):
         raise ValueError(f"ssl_cert_reqs must be 0, 1 or 2, not {config.ssl_cert_reqs!r}")
-    _engine.check_tls(
-        config.ssl_certfile,
-        config.ssl_keyfile,
-        config.ssl_keyfile_password,
-        config.ssl_ca_certs,
-        config.ssl_cert_reqs,
-    )
+    _engine.check_tls(config)
     check_limits(config)
 
 

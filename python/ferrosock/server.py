@@ -103,11 +103,11 @@ class Server:
             (r.template.engine_path, r.kind, list(r.methods), i, r.engine_limits)
             for i, r in enumerate(self._routes)
         ]
-        settings = self.config.engine_kwargs()
-        if self.config.uds is not None:
-            self._unix = UnixListener(self.config.uds, self.config.backlog)
-            settings["fd"] = self._unix.fileno()
-        engine = _engine.Server(table, self._on_websocket, self._on_http, self._on_log, **settings)
+        config = self.config
+        if config.uds is not None:
+            self._unix = UnixListener(config.uds, config.backlog)
+            config = config.replace(uds=None, fd=self._unix.fileno())
+        engine = _engine.Server(table, self._on_websocket, self._on_http, self._on_log, config)
         engine.start(loop.create_future, loop.call_soon, loop.call_later)
         loop.add_reader(engine.ready_fd, engine.drain)
         loop.add_reader(engine.poll_fd, engine.poll)
