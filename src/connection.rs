@@ -33,6 +33,9 @@ pub trait Owner: Send + Sync {
     fn wake(&self, conn: Arc<ConnShared>, send: bool);
     /// A line for Python's `logging` (level as in `logging`).
     fn log(&self, level: i32, message: String);
+    /// Whether a line at `level` would be logged: check before formatting one on a path
+    /// every connection takes.
+    fn logs(&self, level: i32) -> bool;
     /// The connection ended: it is no longer one of the server's.
     fn forget(&self, id: u64);
 }
@@ -704,10 +707,12 @@ impl ConnShared {
         }
         // A fan-out waiting for room in this outbox stops waiting.
         self.room.notify_waiters();
-        self.owner.log(
-            LOG_DEBUG,
-            format!("connection {} ended with {code} {reason}", self.id),
-        );
+        if self.owner.logs(LOG_DEBUG) {
+            self.owner.log(
+                LOG_DEBUG,
+                format!("connection {} ended with {code} {reason}", self.id),
+            );
+        }
         true
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,11 +75,20 @@ pub struct ServerState {
     poller: Arc<Poller>,
     /// Set when the server speaks TLS (`ssl_certfile`): every connection does.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The lowest level `ferrosock.error` logs, as it was when the server started: lines
+    /// below it are dropped here, never formatted or handed to Python.
+    log_level: AtomicI32,
 }
 
 impl ServerState {
     fn log(&self, level: i32, message: String) {
-        self.bridge.push(Event::Log(level, message));
+        if self.logs(level) {
+            self.bridge.push(Event::Log(level, message));
+        }
+    }
+
+    fn logs(&self, level: i32) -> bool {
+        level >= self.log_level.load(Ordering::Relaxed)
     }
 }
 
@@ -94,6 +103,10 @@ impl Owner for ServerState {
 
     fn log(&self, level: i32, message: String) {
         ServerState::log(self, level, message);
+    }
+
+    fn logs(&self, level: i32) -> bool {
+        ServerState::logs(self, level)
     }
 
     fn forget(&self, id: u64) {
@@ -153,6 +166,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             poller,
             tls,
+            log_level: AtomicI32::new(LOG_DEBUG),
         };
         Ok(Self {
             state: Arc::new(state),
@@ -165,15 +179,17 @@ impl Server {
     }
 
     /// Start listening; `create_future`, `call_soon` and `call_later` are the event
-    /// loop's.
+    /// loop's, `log_level` the lowest level `on_log` is to be called for.
     fn start(
         slf: &Bound<'_, Self>,
         create_future: Py<PyAny>,
         call_soon: Py<PyAny>,
         call_later: Py<PyAny>,
+        log_level: i32,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.state.log_level.store(log_level, Ordering::Relaxed);
         let flush = slf.getattr("flush")?.unbind();
         this.state.hooks.set(create_future, call_soon, flush)?;
         let on_timer = slf.getattr("on_timer")?.unbind();
@@ -487,6 +503,9 @@ async fn handle(
 }
 
 fn log_request(state: &ServerState, ends: Ends, method: &str, path: &str, status: u16, why: &str) {
+    if !state.logs(LOG_INFO) {
+        return;
+    }
     state.log(
         LOG_INFO,
         format!("{ends} - \"{method} {path} HTTP/1.1\" {status} ({why})"),

@@ -89,6 +89,20 @@ def test_env_file_settings_and_bad_files_fail_at_startup_naming_the_setting(tmp_
     assert "Traceback" not in result.stderr
 
 
+async def test_engine_debug_lines_appear_at_log_level_debug_only(start_server):
+    ended = "ended with 1000"
+    verbose = start_server("apps.deploy:app", "--log-level", "debug")
+    await _greeting(verbose)
+    verbose.wait_for_stderr(lambda line: ended in line, TIMEOUT)
+    # At the default level the engine drops its debug lines before Python sees them; the
+    # access line, logged after the connection's end, shows that end has been reached.
+    default = start_server("apps.deploy:app")
+    await _greeting(default)
+    default.wait_for_stderr(lambda line: '"WebSocket /greeting" closed' in line, TIMEOUT)
+    default.stop()
+    assert ended not in "\n".join(default.stderr_lines)
+
+
 async def test_the_open_files_limit_is_raised_to_the_hard_limit_and_logged(start_server):
     import resource
 

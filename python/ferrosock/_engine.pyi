@@ -44,11 +44,13 @@ class Server:
         create_future: Callable[[], Any],
         call_soon: Callable[..., Any],
         call_later: Callable[..., Any],
+        log_level: int,
     ) -> None:
         """Bind and start serving. ``create_future``, ``call_soon`` and ``call_later`` are
         the running loop's: the first is called only when an awaitable must park, the
         second schedules ``flush`` once per round of sends, the third arms ``on_timer``
-        for the earliest heartbeat or closing deadline."""
+        for the earliest heartbeat or closing deadline. Engine log lines below
+        ``log_level`` are dropped before they are formatted."""
     @property
     def port(self) -> int: ...
     @property

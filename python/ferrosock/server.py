@@ -108,7 +108,9 @@ class Server:
             self._unix = UnixListener(config.uds, config.backlog)
             config = config.replace(uds=None, fd=self._unix.fileno())
         engine = _engine.Server(table, self._on_websocket, self._on_http, self._on_log, config)
-        engine.start(loop.create_future, loop.call_soon, loop.call_later)
+        # Engine lines below this level are dropped in Rust, never formatted or passed here.
+        level = logger.getEffectiveLevel()
+        engine.start(loop.create_future, loop.call_soon, loop.call_later, level)
         loop.add_reader(engine.ready_fd, engine.drain)
         loop.add_reader(engine.poll_fd, engine.poll)
         self.port = engine.port

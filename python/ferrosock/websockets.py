@@ -32,6 +32,10 @@ class WebSocketState(enum.Enum):
     RESPONSE = 3
 
 
+# The engine reports states as their values; indexing this is cheaper than the enum's call.
+_STATES = tuple(WebSocketState)
+
+
 def _json_text(data: Any) -> str:
     # FastAPI's (Starlette's) encoding: compact, non-ASCII kept as is.
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
@@ -96,11 +100,11 @@ class WebSocket(HTTPConnection):
 
     @property
     def client_state(self) -> WebSocketState:
-        return WebSocketState(self._connection.client_state)
+        return _STATES[self._connection.client_state]
 
     @property
     def application_state(self) -> WebSocketState:
-        return WebSocketState(self._connection.application_state)
+        return _STATES[self._connection.application_state]
 
     # ---- the conversation ----
 
