@@ -1,6 +1,12 @@
 //! The Python event loop as the engine uses it, on the loop thread: a future for an
 //! awaitable that must park, and one `call_soon` per round to flush what handlers sent.
+//!
+//! A round starts when the loop hands the engine news (`poll`, `drain`, a timer) and ends
+//! with the flush. Its first send goes out at once, so a lone reply costs no further turn
+//! of the loop; the sends after it in the same round are batched into the flush, one
+//! `writev` per socket.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -16,6 +22,8 @@ pub struct LoopHooks {
     schedule_flush: OnceLock<(Py<PyAny>, Py<PyAny>)>,
     /// Sockets with frames sent from the loop thread since the last flush.
     to_flush: Mutex<Vec<Arc<ConnShared>>>,
+    /// This round's first send was written at once; the rest wait for the flush.
+    wrote_this_round: AtomicBool,
 }
 
 impl LoopHooks {
@@ -41,12 +49,18 @@ impl LoopHooks {
         create.bind(py).call0()
     }
 
-    /// A send on the loop thread queued a frame on `conn`: flush it from the loop thread
-    /// once the ready handlers have run, so that their sends share one `writev` per socket
-    /// and no other thread is woken for them.
+    /// A send on the loop thread queued a frame on `conn`: the round's first is written
+    /// now; later ones are flushed from the loop thread once the ready handlers have run,
+    /// so that their sends share one `writev` per socket and no other thread is woken for
+    /// them.
     pub fn want_flush(&self, py: Python<'_>, conn: &Arc<ConnShared>) -> PyResult<()> {
         let first = {
             let mut to_flush = self.to_flush.lock();
+            if to_flush.is_empty() && !self.wrote_this_round.swap(true, Ordering::Relaxed) {
+                drop(to_flush);
+                conn.flush_from_loop();
+                return Ok(());
+            }
             to_flush.push(conn.clone());
             to_flush.len() == 1
         };
@@ -58,8 +72,14 @@ impl LoopHooks {
         Ok(())
     }
 
-    /// Write what handlers sent since the last flush.
+    /// The loop brought news: a new round begins.
+    pub fn new_round(&self) {
+        self.wrote_this_round.store(false, Ordering::Relaxed);
+    }
+
+    /// Write what handlers sent since the last flush; the round ends.
     pub fn flush(&self) {
+        self.new_round();
         let to_flush = std::mem::take(&mut *self.to_flush.lock());
         for conn in to_flush {
             conn.flush_from_loop();

@@ -199,11 +199,13 @@ impl Server {
 
     /// Serve the sockets that are ready (the loop calls it when `poll_fd` is readable).
     fn poll(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.hooks.new_round();
         self.state.poller.poll(py)
     }
 
     /// Run the heartbeats and closing deadlines that are due (armed with `call_later`).
     fn on_timer(&self, py: Python<'_>) -> PyResult<()> {
+        self.state.hooks.new_round();
         self.state.poller.on_timer(py)
     }
 
@@ -234,6 +236,7 @@ impl Server {
 
     fn drain(&self, py: Python<'_>) -> PyResult<()> {
         stats::bump(&counter::drains);
+        self.state.hooks.new_round();
         let mut batch = std::mem::take(&mut *self.batch.lock());
         self.state.bridge.take(&mut batch);
         stats::add(&counter::events, batch.len() as u64);
