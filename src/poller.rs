@@ -63,7 +63,8 @@ pub struct Poller {
 }
 
 struct LoopSide {
-    sessions: HashMap<u64, Session>,
+    /// Boxed: the map's spare slots then cost a pointer each, not a whole session.
+    sessions: HashMap<u64, Box<Session>>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     /// The deadline the armed `call_later` fires for.
     armed: Option<Instant>,
@@ -279,14 +280,14 @@ impl Poller {
         });
         let socket = Arc::new(socket);
         shared.attach_socket(Some(socket.clone()), Some(Waker::from(wake.clone())));
-        let mut session = Session {
+        let mut session = Box::new(Session {
             shared,
             socket,
             protocol: Protocol::new(self.limits, rates, now),
             readable: true,
             timer_at: None,
             wake,
-        };
+        });
         if !read_ahead.is_empty() {
             session
                 .protocol

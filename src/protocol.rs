@@ -73,7 +73,8 @@ pub struct Protocol {
     /// The socket is dropped once our close frame is written (the peer's close answered, or
     /// a violation).
     finish_after_close: bool,
-    failure: Option<Failure>,
+    /// Boxed: rarely there, and every idle socket would carry its room.
+    failure: Option<Box<Failure>>,
     heartbeat: Heartbeat,
     /// The peer's rate limits and idle deadline.
     pace: Pace,
@@ -195,10 +196,12 @@ impl Protocol {
                 self.reading = false;
                 self.finish_after_close = true;
             }
-            self.failure.get_or_insert(Failure {
-                code,
-                reason,
-                deadline: now + FAIL_GRACE.min(self.limits.close_timeout),
+            self.failure.get_or_insert_with(|| {
+                Box::new(Failure {
+                    code,
+                    reason,
+                    deadline: now + FAIL_GRACE.min(self.limits.close_timeout),
+                })
             });
         }
     }
