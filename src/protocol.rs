@@ -62,7 +62,9 @@ struct Failure {
 }
 
 pub struct Protocol {
-    limits: Limits,
+    /// Of its `Limits`, the one the protocol reads after it is made (the rest went into
+    /// the decoder, the heartbeat and the pace).
+    close_timeout: Duration,
     decoder: Decoder,
     /// Still reading: false once the peer sent its close, broke the protocol or went away.
     reading: bool,
@@ -85,7 +87,7 @@ pub struct Protocol {
 impl Protocol {
     pub fn new(limits: Limits, rates: RateLimits, now: Instant) -> Self {
         Self {
-            limits,
+            close_timeout: limits.close_timeout,
             decoder: Decoder::new(limits.max_size),
             reading: true,
             close_sent: false,
@@ -200,7 +202,7 @@ impl Protocol {
                 Box::new(Failure {
                     code,
                     reason,
-                    deadline: now + FAIL_GRACE.min(self.limits.close_timeout),
+                    deadline: now + FAIL_GRACE.min(self.close_timeout),
                 })
             });
         }
@@ -225,7 +227,7 @@ impl Protocol {
     /// peer's): from now on it has `close_timeout` to finish, and pings stop.
     pub fn start_closing(&mut self, now: Instant) {
         if self.closing_deadline.is_none() {
-            self.closing_deadline = Some(now + self.limits.close_timeout);
+            self.closing_deadline = Some(now + self.close_timeout);
             self.heartbeat.disable();
         }
     }
