@@ -98,6 +98,22 @@ const MESSAGE_FLOOR: usize = 16;
 /// Queue slots an inbox or outbox keeps once a burst has drained.
 const IDLE_QUEUE_CAPACITY: usize = 16;
 
+/// Queue `item`; a queue without a buffer gets room for one only (`push_back` would make
+/// four): most sockets hold one message at a time, and idle ones are the many.
+fn push_back<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.capacity() == 0 {
+        queue.reserve_exact(1);
+    }
+    queue.push_back(item);
+}
+
+/// Drop an empty queue's buffer.
+fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+}
+
 /// Frames written per `writev` at most, and bytes: enough to amortise the syscall, small
 /// enough that one busy socket does not hold its writer for long.
 const BATCH_FRAMES: usize = 64;
@@ -285,7 +301,7 @@ impl ConnShared {
         stats::add(&counter::bytes_received, message.len() as u64);
         let mut inbox = self.inbox.lock();
         inbox.bytes += message.size();
-        inbox.queue.push_back(message);
+        push_back(&mut inbox.queue, message);
         std::mem::take(&mut inbox.receiver_waiting)
     }
 
@@ -313,7 +329,13 @@ impl ConnShared {
             return Received::Ended(self.close_info().unwrap_or_else(lost));
         }
         inbox.receiver_waiting = true;
+        // The handler parks: the socket may stay idle for long, so it keeps no queue
+        // memory (the next message allocates a few slots again).
+        release_if_empty(&mut inbox.queue);
         drop(inbox);
+        if let Some(mut outbox) = self.outbox.try_lock() {
+            release_if_empty(&mut outbox.queue);
+        }
         if self.io_awaits_receiver.load(Ordering::Acquire) {
             self.wake_io();
         }
@@ -339,7 +361,7 @@ impl ConnShared {
         let queued = self.outbox_bytes.fetch_add(size, Ordering::AcqRel) + size;
         let mut outbox = self.outbox.lock();
         let was_empty = outbox.queue.is_empty();
-        outbox.queue.push_back(Outgoing { frame, size });
+        push_back(&mut outbox.queue, Outgoing { frame, size });
         (queued, was_empty)
     }
 
@@ -418,7 +440,7 @@ impl ConnShared {
         }
         self.outbox_bytes.fetch_add(size, Ordering::AcqRel);
         owed_pong.queued_at(queue.len());
-        queue.push_back(Outgoing { frame, size });
+        push_back(queue, Outgoing { frame, size });
     }
 
     /// Queue a frame only if it fits under the outbox limit (fan-out uses this; it counts

@@ -281,9 +281,10 @@ pub struct Decoder {
     /// An incomplete header: its bytes so far.
     head: [u8; MAX_HEADER],
     head_len: usize,
-    frame: Option<Partial>,
+    /// Boxed, as `message`: rarely there, and an idle socket would carry their room.
+    frame: Option<Box<Partial>>,
     /// A fragmented message: its opcode and the payload so far (unmasked).
-    message: Option<(u8, BytesMut)>,
+    message: Option<Box<(u8, BytesMut)>>,
     /// The text message being received, checked piece by piece.
     utf8: Utf8Check,
 }
@@ -327,7 +328,7 @@ impl Decoder {
         }
         frame.checked = frame.payload.len();
         if frame.checked == frame.len {
-            let frame = self.frame.take().expect("checked above");
+            let frame = *self.frame.take().expect("checked above");
             self.finish(frame.fin, frame.opcode, frame.payload, frame.text, out)?;
         }
         Ok(())
@@ -389,7 +390,7 @@ impl Decoder {
                 let mut payload = BytesMut::with_capacity(header.len);
                 payload.extend_from_slice(data);
                 data = &[];
-                self.frame = Some(Partial {
+                self.frame = Some(Box::new(Partial {
                     fin: header.fin,
                     opcode: header.opcode,
                     mask: header.mask,
@@ -397,7 +398,7 @@ impl Decoder {
                     payload,
                     checked: 0,
                     text,
-                });
+                }));
                 self.feed_direct(out)?;
             }
         }
@@ -418,7 +419,7 @@ impl Decoder {
                 Ok(header.opcode == OP_TEXT)
             }
             OP_CONTINUATION => {
-                let Some((kind, so_far)) = &self.message else {
+                let Some((kind, so_far)) = self.message.as_deref() else {
                     return Err(Violation::Protocol("continuation without a message"));
                 };
                 if so_far.len() + header.len > self.max_size {
@@ -449,7 +450,7 @@ impl Decoder {
             }
             OP_TEXT | OP_BINARY => {
                 if !fin {
-                    self.message = Some((opcode, payload));
+                    self.message = Some(Box::new((opcode, payload)));
                 } else if text {
                     out(Received::Text(self.complete_text(payload.freeze())?));
                 } else {
@@ -457,10 +458,10 @@ impl Decoder {
                 }
             }
             _ => {
-                let (kind, mut so_far) = self.message.take().expect("checked by start_frame");
+                let (kind, mut so_far) = *self.message.take().expect("checked by start_frame");
                 so_far.extend_from_slice(&payload);
                 if !fin {
-                    self.message = Some((kind, so_far));
+                    self.message = Some(Box::new((kind, so_far)));
                 } else if text {
                     out(Received::Text(self.complete_text(so_far.freeze())?));
                 } else {

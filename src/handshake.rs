@@ -1,6 +1,8 @@
 //! The opening handshake of RFC 6455 section 4: its checks, what the handler is handed,
 //! its answer, and the 101 response. No IO and no Python here.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::Request;
@@ -13,12 +15,45 @@ pub struct Handshake {
     pub path: String,
     pub query_string: String,
     pub scheme: &'static str,
-    pub headers: Vec<(String, String)>,
-    pub client: Option<(String, u16)>,
-    pub server: Option<(String, u16)>,
+    pub headers: HeaderText,
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
     pub path_params: Vec<(String, String)>,
     pub subprotocols: Vec<String>,
     pub decision: tokio::sync::oneshot::Sender<Decision>,
+}
+
+/// A request's headers as the handler sees them, kept in one string for as long as the
+/// connection lives (instead of two strings per header): each name and each value ends
+/// with a NUL, which no header can hold; values are decoded as Latin-1, as ASGI servers do.
+pub struct HeaderText(Box<str>);
+
+impl HeaderText {
+    pub fn new(headers: &HeaderMap) -> Self {
+        let mut text = String::new();
+        for (name, value) in headers {
+            text.push_str(name.as_str());
+            text.push('\0');
+            text.extend(value.as_bytes().iter().map(|&b| b as char));
+            text.push('\0');
+        }
+        Self(text.into_boxed_str())
+    }
+
+    /// The (name, value) pairs, in the request's order.
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        let mut parts = self.0.split_terminator('\0');
+        let mut pairs = Vec::new();
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            pairs.push((name, value));
+        }
+        pairs
+    }
+}
+
+/// An address as Python sees it: (host, port).
+pub fn address(addr: SocketAddr) -> (String, u16) {
+    (addr.ip().to_string(), addr.port())
 }
 
 /// The handler's answer to a handshake.

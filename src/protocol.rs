@@ -63,7 +63,9 @@ struct Failure {
 }
 
 pub struct Protocol {
-    limits: Limits,
+    /// Of its `Limits`, the one the protocol reads after it is made (the rest went into
+    /// the decoder, the heartbeat and the pace).
+    close_timeout: Duration,
     decoder: Decoder,
     /// Still reading: false once the peer sent its close, broke the protocol or went away.
     reading: bool,
@@ -74,7 +76,8 @@ pub struct Protocol {
     /// The socket is dropped once our close frame is written (the peer's close answered, or
     /// a violation).
     finish_after_close: bool,
-    failure: Option<Failure>,
+    /// Boxed: rarely there, and every idle socket would carry its room.
+    failure: Option<Box<Failure>>,
     heartbeat: Heartbeat,
     /// The peer's rate limits and idle deadline.
     pace: Pace,
@@ -85,7 +88,7 @@ pub struct Protocol {
 impl Protocol {
     pub fn new(limits: Limits, rates: RateLimits, now: Instant) -> Self {
         Self {
-            limits,
+            close_timeout: limits.close_timeout,
             decoder: Decoder::new(limits.max_size),
             reading: true,
             close_sent: false,
@@ -196,10 +199,12 @@ impl Protocol {
                 self.reading = false;
                 self.finish_after_close = true;
             }
-            self.failure.get_or_insert(Failure {
-                code,
-                reason,
-                deadline: now + FAIL_GRACE.min(self.limits.close_timeout),
+            self.failure.get_or_insert_with(|| {
+                Box::new(Failure {
+                    code,
+                    reason,
+                    deadline: now + FAIL_GRACE.min(self.close_timeout),
+                })
             });
         }
     }
@@ -223,7 +228,7 @@ impl Protocol {
     /// peer's): from now on it has `close_timeout` to finish, and pings stop.
     pub fn start_closing(&mut self, now: Instant) {
         if self.closing_deadline.is_none() {
-            self.closing_deadline = Some(now + self.limits.close_timeout);
+            self.closing_deadline = Some(now + self.close_timeout);
             self.heartbeat.disable();
         }
     }

@@ -99,8 +99,9 @@ impl Bucket {
 
 /// The pace of what one client sends: its rate limits and its idle deadline.
 pub struct Pace {
-    messages: Option<Bucket>,
-    bytes: Option<Bucket>,
+    /// Boxed: most routes set no rate limit, and every idle socket would carry the room.
+    messages: Option<Box<Bucket>>,
+    bytes: Option<Box<Bucket>>,
     idle_timeout: Option<Duration>,
     last_data: Instant,
     /// The limit that tripped: nothing more is admitted.
@@ -114,8 +115,10 @@ impl Pace {
         Self {
             messages: limits
                 .messages_per_second
-                .map(|rate| Bucket::new(rate, now)),
-            bytes: limits.bytes_per_second.map(|rate| Bucket::new(rate, now)),
+                .map(|rate| Box::new(Bucket::new(rate, now))),
+            bytes: limits
+                .bytes_per_second
+                .map(|rate| Box::new(Bucket::new(rate, now))),
             idle_timeout,
             last_data: now,
             tripped: None,

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +30,7 @@ use crate::config::{ServerConfig, Settings};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
 use crate::forwarded::TrustedProxies;
-use crate::handshake::{self, has_token, Decision, Handshake};
+use crate::handshake::{self, address, has_token, Decision, Handshake, HeaderText};
 use crate::http::{HttpRequest, PendingRequest, Reply};
 use crate::http_limits;
 use crate::listener::{Accepted, Ends, Listener, Prepared, Stream};
@@ -442,10 +441,6 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-fn address(addr: SocketAddr) -> (String, u16) {
-    (addr.ip().to_string(), addr.port())
-}
-
 async fn handle(
     request: Request<Incoming>,
     state: Arc<ServerState>,
@@ -586,9 +581,9 @@ async fn websocket_handshake(
         path,
         query_string: request.uri().query().unwrap_or("").to_owned(),
         scheme: if state.tls.is_some() { "wss" } else { "ws" },
-        headers: header_pairs(request.headers()),
-        client: ends.peer.map(address),
-        server: ends.local.map(address),
+        headers: HeaderText::new(request.headers()),
+        client: ends.peer,
+        server: ends.local,
         path_params: route.params,
         subprotocols: handshake::subprotocols(request.headers()),
         decision: decision_tx,

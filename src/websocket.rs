@@ -4,12 +4,14 @@
 //! `application_state`), and turns each call into a `Done` or an `Op` awaitable. Runs on the
 //! loop thread only; the IO side is reached through `ConnShared`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use tokio::sync::oneshot;
@@ -19,13 +21,51 @@ use crate::connection::ConnShared;
 use crate::convert::{bytes_of, text_of};
 use crate::eventloop::LoopHooks;
 use crate::frame::OutFrame;
-use crate::handshake::{Decision, Handshake};
+use crate::handshake::{address, Decision, Handshake, HeaderText};
 use crate::stats::Refusal;
 
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
 const DISCONNECTED: u8 = 2;
 const RESPONSE: u8 = 3;
+
+/// A method of Python's `WebSocket` that only forwards to its `Connection`'s method of the
+/// same name: as a descriptor on the class, `websocket.send_text` is the engine's own bound
+/// method, found through `websocket._connection`, so a call runs no Python frame and no
+/// socket keeps bound methods of its own. On the class it is the Python function.
+#[pyclass(frozen, module = "ferrosock._engine")]
+pub struct ConnectionMethod {
+    function: Py<PyAny>,
+    name: Py<PyString>,
+}
+
+#[pymethods]
+impl ConnectionMethod {
+    #[new]
+    fn new(function: Bound<'_, PyAny>) -> PyResult<Self> {
+        let name = function.getattr("__name__")?.cast_into::<PyString>()?;
+        Ok(Self {
+            function: function.unbind(),
+            name: name.unbind(),
+        })
+    }
+
+    fn __get__(
+        &self,
+        py: Python<'_>,
+        instance: Option<Bound<'_, PyAny>>,
+        owner: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let _ = owner;
+        match instance {
+            None => Ok(self.function.clone_ref(py)),
+            Some(instance) => Ok(instance
+                .getattr(intern!(py, "_connection"))?
+                .getattr(self.name.bind(py))?
+                .unbind()),
+        }
+    }
+}
 
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Connection {
@@ -37,14 +77,10 @@ pub struct Connection {
     path: String,
     #[pyo3(get)]
     query_string: String,
-    #[pyo3(get)]
-    scheme: String,
-    #[pyo3(get)]
-    headers: Vec<(String, String)>,
-    #[pyo3(get)]
-    client: Option<(String, u16)>,
-    #[pyo3(get)]
-    server: Option<(String, u16)>,
+    scheme: &'static str,
+    headers: HeaderText,
+    client: Option<SocketAddr>,
+    server: Option<SocketAddr>,
     path_params: Vec<(String, String)>,
     #[pyo3(get)]
     subprotocols: Vec<String>,
@@ -63,7 +99,7 @@ impl Connection {
             route_id: handshake.route_id,
             path: handshake.path,
             query_string: handshake.query_string,
-            scheme: handshake.scheme.to_owned(),
+            scheme: handshake.scheme,
             headers: handshake.headers,
             client: handshake.client,
             server: handshake.server,
@@ -174,6 +210,26 @@ impl Connection {
     #[getter]
     fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    #[getter]
+    fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    #[getter]
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.headers.pairs()
+    }
+
+    #[getter]
+    fn client(&self) -> Option<(String, u16)> {
+        self.client.map(address)
+    }
+
+    #[getter]
+    fn server(&self) -> Option<(String, u16)> {
+        self.server.map(address)
     }
 
     #[getter]

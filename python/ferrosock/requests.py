@@ -36,7 +36,11 @@ class HTTPConnection(Mapping[str, Any]):
         self.app = app
         self._forwarding = forwarding
         self._path_params: dict[str, Any] | None = None
-        self.state = State()
+
+    @cached_property
+    def state(self) -> State:
+        """Per-connection attributes (``websocket.state.user = ...``), made on first use."""
+        return State()
 
     @cached_property
     def headers(self) -> Headers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import http
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypedDict, TypeVar, Unpack
+from typing import Any, Literal, Protocol, TypedDict, TypeVar, Unpack
 
 from .config import check_positive
 from .convertors import PathTemplate, parse_path
@@ -152,28 +152,42 @@ class WebSocketRoute:
         """Run the endpoint. An exception it raises goes to the app's handler for it;
         ``WebSocketException`` (by default) closes, or refuses the handshake, with its code
         and reason; anything else is re-raised for the server to log."""
-        outcome: BaseException | None = None
+        await self.serve(websocket, None)
+
+    async def serve(self, websocket: Any, server: ServerSide | None) -> None:
+        """``handle``, and with ``server`` the server's part around it (``failed`` with
+        what ``handle`` would re-raise, then ``ended`` whatever happened) in the same
+        coroutine: one frame fewer kept alive beside every connection's handler."""
         try:
-            if not _converted_path_params(self.template, websocket):
-                await websocket.close(WS_1000_NORMAL_CLOSURE)
-            elif self._socket_only is not None:
-                await self.endpoint(**{self._socket_only: websocket})
-            else:
-                await self._run(websocket)
+            outcome: BaseException | None = None
+            try:
+                if not _converted_path_params(self.template, websocket):
+                    await websocket.close(WS_1000_NORMAL_CLOSURE)
+                elif self._socket_only is not None:
+                    await self.endpoint(**{self._socket_only: websocket})
+                else:
+                    await self._run(websocket)
+            except Exception as exc:
+                handler = lookup_exception_handler(_exception_handlers(websocket), exc)
+                if handler is not None:
+                    await call_exception_handler(handler, websocket, exc)
+                elif isinstance(exc, WebSocketException):
+                    await close_unless_closed(websocket, exc.code, exc.reason)
+                elif isinstance(exc, WebSocketRequestValidationError):
+                    reason = _close_reason(exc.errors())
+                    await close_unless_closed(websocket, WS_1008_POLICY_VIOLATION, reason)
+                else:
+                    outcome = exc
+                    raise
+            finally:
+                report_end(websocket, outcome)
         except Exception as exc:
-            handler = lookup_exception_handler(_exception_handlers(websocket), exc)
-            if handler is not None:
-                await call_exception_handler(handler, websocket, exc)
-            elif isinstance(exc, WebSocketException):
-                await close_unless_closed(websocket, exc.code, exc.reason)
-            elif isinstance(exc, WebSocketRequestValidationError):
-                reason = _close_reason(exc.errors())
-                await close_unless_closed(websocket, WS_1008_POLICY_VIOLATION, reason)
-            else:
-                outcome = exc
+            if server is None:
                 raise
+            await server.failed(websocket, exc)
         finally:
-            report_end(websocket, outcome)
+            if server is not None:
+                await server.ended(websocket)
 
     async def _run(self, websocket: Any) -> None:
         async with SolveContext(websocket) as ctx:
@@ -277,6 +291,16 @@ class APIRoute:
 
 
 Route = WebSocketRoute | APIRoute
+
+
+class ServerSide(Protocol):
+    """What the server does around a WebSocket endpoint (``WebSocketRoute.serve``)."""
+
+    async def failed(self, websocket: Any, exc: Exception) -> None:
+        """The endpoint raised ``exc`` and nothing handled it."""
+
+    async def ended(self, websocket: Any) -> None:
+        """The endpoint is over, however it ended."""
 
 
 async def _exception_response(request: Any, exc: Exception) -> Response:

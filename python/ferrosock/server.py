@@ -154,15 +154,22 @@ class Server:
 
     # ---- engine callbacks (on the loop thread, from engine.drain) ----
 
-    def _spawn(self, coroutine: Any, client: tuple[str, int] | None) -> None:
+    def _spawn(
+        self, coroutine: Any, client: tuple[str, int] | None, forgets_itself: bool = False
+    ) -> None:
+        """Run ``coroutine`` as a task that ``_tasks`` holds until it is done. With
+        ``forgets_itself`` the coroutine takes its task out of ``_tasks`` itself as it
+        ends (``ended``), so a long-lived handler's task keeps no callback."""
         context = self.context_for(client) if self.context_for is not None else None
         task = asyncio.get_running_loop().create_task(coroutine, context=context)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if not forgets_itself:
+            task.add_done_callback(self._tasks.discard)
 
     def _on_websocket(self, route_id: int, connection: _engine.Connection) -> None:
         websocket = WebSocket(connection, self.app, self._forwarding)
-        self._spawn(self._run_websocket(self._routes[route_id], websocket), connection.client)
+        route = self._routes[route_id]
+        self._spawn(route.serve(websocket, self), connection.client, forgets_itself=True)
 
     def _on_http(self, route_id: int, http_request: _engine.HttpRequest) -> None:
         self._spawn(self._run_http(self._routes[route_id], http_request), http_request.client)
@@ -173,22 +180,27 @@ class Server:
 
     # ---- handlers ----
 
-    async def _run_websocket(self, route: Any, websocket: WebSocket) -> None:
+    async def failed(self, websocket: WebSocket, exc: Exception) -> None:
+        """A WebSocket endpoint raised ``exc`` (``WebSocketRoute.serve``)."""
+        if isinstance(exc, WebSocketDisconnect):
+            return
         connection = websocket._connection
+        logger.error("Exception in WebSocket handler for %s", connection.path, exc_info=exc)
+        if websocket.application_state is WebSocketState.CONNECTING:
+            connection.reject(500)  # as an ASGI server answers an app failing early
+        elif websocket.application_state is WebSocketState.CONNECTED:
+            await websocket.close(1011, "internal error")
+
+    async def ended(self, websocket: WebSocket) -> None:
+        """A WebSocket endpoint is over (``WebSocketRoute.serve``)."""
+        # Returned without closing: close with 1000 (refuse, if it never accepted).
         try:
-            await route.handle(websocket)
-        except WebSocketDisconnect:
-            pass
-        except Exception:
-            logger.exception("Exception in WebSocket handler for %s", connection.path)
-            if websocket.application_state is WebSocketState.CONNECTING:
-                connection.reject(500)  # as an ASGI server answers an app failing early
-            elif websocket.application_state is WebSocketState.CONNECTED:
-                await websocket.close(1011, "internal error")
-        finally:
-            # Returned without closing: close with 1000 (refuse, if it never accepted).
             await close_unless_closed(websocket, 1000)
             self._log_websocket_end(websocket)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
 
     def _log_websocket_end(self, websocket: WebSocket) -> None:
         if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
