@@ -76,7 +76,6 @@ fn engine_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<server::Server>()?;
     module.add_class::<websocket::Connection>()?;
-    module.add_class::<websocket::ConnectionMethod>()?;
     module.add_class::<http::HttpRequest>()?;
     module.add_class::<forwarded::TrustedProxies>()?;
     module.add_class::<registry::Registry>()?;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use tokio::sync::oneshot;
@@ -28,44 +27,6 @@ const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
 const DISCONNECTED: u8 = 2;
 const RESPONSE: u8 = 3;
-
-/// A method of Python's `WebSocket` that only forwards to its `Connection`'s method of the
-/// same name: as a descriptor on the class, `websocket.send_text` is the engine's own bound
-/// method, found through `websocket._connection`, so a call runs no Python frame and no
-/// socket keeps bound methods of its own. On the class it is the Python function.
-#[pyclass(frozen, module = "ferrosock._engine")]
-pub struct ConnectionMethod {
-    function: Py<PyAny>,
-    name: Py<PyString>,
-}
-
-#[pymethods]
-impl ConnectionMethod {
-    #[new]
-    fn new(function: Bound<'_, PyAny>) -> PyResult<Self> {
-        let name = function.getattr("__name__")?.cast_into::<PyString>()?;
-        Ok(Self {
-            function: function.unbind(),
-            name: name.unbind(),
-        })
-    }
-
-    fn __get__(
-        &self,
-        py: Python<'_>,
-        instance: Option<Bound<'_, PyAny>>,
-        owner: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let _ = owner;
-        match instance {
-            None => Ok(self.function.clone_ref(py)),
-            Some(instance) => Ok(instance
-                .getattr(intern!(py, "_connection"))?
-                .getattr(self.name.bind(py))?
-                .unbind()),
-        }
-    }
-}
 
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Connection {

@@ -4,7 +4,6 @@ The engine owns every socket. Python sees these kinds of object:
 
 * ``Server`` — listener, HTTP/1.1, WebSocket upgrades, the ready queue the event loop drains.
 * ``Connection`` — one WebSocket, before and after the handshake is accepted.
-* ``ConnectionMethod`` — how ``WebSocket``'s per-message methods reach ``Connection``.
 * ``HttpRequest`` — one HTTP request, answered once with ``respond``.
 * ``Registry`` — the native broadcast registry behind ``ferrosock.ConnectionManager``.
 * ``TrustedProxies`` — ``forwarded_allow_ips``: which peers are proxies, which client an
@@ -211,13 +210,6 @@ class Registry:
     def cluster_query(self, members: bool, room: str | None = None) -> int: ...
     @property
     def backend_state(self) -> str | None: ...
-
-@final
-class ConnectionMethod:
-    """A ``WebSocket`` method that forwards to the ``Connection`` method of the same name:
-    on an instance, ``instance._connection``'s bound method; on the class, ``function``."""
-    def __new__(cls, function: Callable[..., Any]) -> ConnectionMethod: ...
-    def __get__(self, instance: object | None, owner: type | None = None, /) -> Any: ...
 
 @final
 class Done:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from . import _engine
 from .exceptions import WebSocketDisconnect
@@ -48,19 +48,6 @@ def _check_mode(mode: str) -> None:
 
 _CONNECTING = WebSocketState.CONNECTING.value
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-if TYPE_CHECKING:
-
-    def _forwarded(function: F) -> F:
-        return function
-
-else:
-    # The per-message calls go straight to the engine: `websocket.send_text` is the
-    # engine's bound method (no Python frame in between, none kept per socket). A
-    # subclass's override of one of them still applies.
-    _forwarded = _engine.ConnectionMethod
-
 
 class WebSocket(HTTPConnection):
     """One WebSocket connection, as a handler sees it; like Starlette's, also a read-only
@@ -78,6 +65,13 @@ class WebSocket(HTTPConnection):
         self._connection = connection
         self._connect_received = False
         self.refusal: Refusal | None = None
+        if type(self) is WebSocket:
+            # The per-message calls go straight to the engine: no Python frame in between.
+            # (A subclass keeps the methods below, so that its overrides still apply.)
+            self.receive_text = connection.receive_text  # type: ignore[method-assign]
+            self.receive_bytes = connection.receive_bytes  # type: ignore[method-assign]
+            self.send_text = connection.send_text  # type: ignore[method-assign]
+            self.send_bytes = connection.send_bytes  # type: ignore[method-assign]
 
     # ---- the handshake request ----
 
@@ -137,11 +131,9 @@ class WebSocket(HTTPConnection):
             return _ready({"type": "websocket.connect"})
         return self._connection.receive()
 
-    @_forwarded
     def receive_text(self) -> Awaitable[str]:
         return self._connection.receive_text()
 
-    @_forwarded
     def receive_bytes(self) -> Awaitable[bytes]:
         return self._connection.receive_bytes()
 
@@ -172,7 +164,6 @@ class WebSocket(HTTPConnection):
         except WebSocketDisconnect:
             pass
 
-    @_forwarded
     def send_text(self, data: str) -> Awaitable[None]:
         """Queue a text message. Past the server's ``outbox_limit`` the ``await`` waits
         for the client to take it below half; if the client takes nothing for
@@ -181,7 +172,6 @@ class WebSocket(HTTPConnection):
         holds for ``send_bytes`` and ``send_json``."""
         return self._connection.send_text(data)
 
-    @_forwarded
     def send_bytes(self, data: bytes) -> Awaitable[None]:
         return self._connection.send_bytes(data)
 
