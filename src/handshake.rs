@@ -23,9 +23,10 @@ pub struct Handshake {
     pub decision: tokio::sync::oneshot::Sender<Decision>,
 }
 
-/// A request's headers as the handler sees them, kept in one string for as long as the
-/// connection lives (instead of two strings per header): each name and each value ends
-/// with a NUL, which no header can hold; values are decoded as Latin-1, as ASGI servers do.
+/// A request's headers as Python sees them (a WebSocket's handshake, an HTTP request),
+/// kept in one string for as long as the connection or request lives (instead of two
+/// strings per header): each name and each value ends with a NUL, which no header can
+/// hold; values are decoded as Latin-1, as ASGI servers do.
 pub struct HeaderText(Box<str>);
 
 impl HeaderText {

@@ -4,12 +4,16 @@
 //! waits on a oneshot; Python's handler answers through `HttpRequest.respond` on the loop
 //! thread. A request Python drops without answering gets a 500.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tokio::sync::oneshot;
+
+use crate::handshake::{address, HeaderText};
 
 pub struct Reply {
     pub status: u16,
@@ -22,9 +26,9 @@ pub struct PendingRequest {
     pub method: String,
     pub path: String,
     pub query_string: String,
-    pub headers: Vec<(String, String)>,
-    pub client: Option<(String, u16)>,
-    pub server: Option<(String, u16)>,
+    pub headers: HeaderText,
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
     pub path_params: Vec<(String, String)>,
     pub body: Bytes,
     pub reply: oneshot::Sender<Reply>,
@@ -42,12 +46,9 @@ pub struct HttpRequest {
     path: String,
     #[pyo3(get)]
     query_string: String,
-    #[pyo3(get)]
-    headers: Vec<(String, String)>,
-    #[pyo3(get)]
-    client: Option<(String, u16)>,
-    #[pyo3(get)]
-    server: Option<(String, u16)>,
+    headers: HeaderText,
+    client: Option<SocketAddr>,
+    server: Option<SocketAddr>,
     path_params: Vec<(String, String)>,
     body: Bytes,
     reply: Mutex<Option<oneshot::Sender<Reply>>>,
@@ -77,6 +78,21 @@ impl HttpRequest {
     #[getter]
     fn scheme(&self) -> &'static str {
         self.scheme
+    }
+
+    #[getter]
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.headers.pairs()
+    }
+
+    #[getter]
+    fn client(&self) -> Option<(String, u16)> {
+        self.client.map(address)
+    }
+
+    #[getter]
+    fn server(&self) -> Option<(String, u16)> {
+        self.server.map(address)
     }
 
     #[getter]

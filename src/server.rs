@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -30,7 +30,7 @@ use crate::config::{ServerConfig, Settings};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
 use crate::forwarded::TrustedProxies;
-use crate::handshake::{self, address, has_token, Decision, Handshake, HeaderText};
+use crate::handshake::{self, has_token, Decision, Handshake, HeaderText};
 use crate::http::{HttpRequest, PendingRequest, Reply};
 use crate::http_limits;
 use crate::listener::{Accepted, Ends, Listener, Prepared, Stream};
@@ -430,17 +430,6 @@ fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
     response
 }
 
-fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            // Latin-1, as ASGI servers decode header bytes.
-            let value = value.as_bytes().iter().map(|&b| b as char).collect();
-            (name.as_str().to_owned(), value)
-        })
-        .collect()
-}
-
 async fn handle(
     request: Request<Incoming>,
     state: Arc<ServerState>,
@@ -675,9 +664,9 @@ async fn http_request(
         method: parts.method.as_str().to_owned(),
         path,
         query_string: parts.uri.query().unwrap_or("").to_owned(),
-        headers: header_pairs(&parts.headers),
-        client: ends.peer.map(address),
-        server: ends.local.map(address),
+        headers: HeaderText::new(&parts.headers),
+        client: ends.peer,
+        server: ends.local,
         path_params,
         body,
         reply: reply_tx,
