@@ -20,7 +20,32 @@ pub struct Handshake {
     pub server: Option<SocketAddr>,
     pub path_params: Vec<(String, String)>,
     pub subprotocols: Vec<String>,
-    pub decision: tokio::sync::oneshot::Sender<Decision>,
+    pub answer: Answer,
+}
+
+/// Where the handler's decision goes.
+pub enum Answer {
+    /// To hyper's task, which holds the request and writes the response.
+    Later(tokio::sync::oneshot::Sender<Decision>),
+    /// Carried out at once, by whoever holds the socket on the loop thread.
+    Here(Box<dyn Answerer>),
+}
+
+/// Carries out a decision on a socket the loop thread holds. Dropped unused, it refuses
+/// the handshake (403), as hyper does when the decision never comes.
+pub trait Answerer: Send + Sync {
+    /// False when the client is gone.
+    fn answer(self: Box<Self>, decision: Decision) -> bool;
+}
+
+impl Answer {
+    /// Hand `decision` over; false when the client is gone.
+    pub fn send(self, decision: Decision) -> bool {
+        match self {
+            Answer::Later(sender) => sender.send(decision).is_ok(),
+            Answer::Here(answerer) => answerer.answer(decision),
+        }
+    }
 }
 
 /// A request's headers as Python sees them (a WebSocket's handshake, an HTTP request),

@@ -5,7 +5,7 @@
 //! hyper (1.12) runs `header_read_timeout` from the moment it starts waiting for a head:
 //! when the connection is accepted, and again each time a kept-alive connection goes
 //! idle after a response. `HeadTimer` is the timer hyper asks for that deadline; it keeps
-//! hyper's (now + `handshake_timeout`) for the first head and answers now +
+//! hyper's (the accept + `handshake_timeout`) for the first head and answers now +
 //! `timeout_keep_alive` for every later one, so one timer covers both limits. A connection
 //! that sends nothing at all is closed at the first deadline like one that trickles.
 
@@ -72,7 +72,9 @@ impl Served {
 /// `http_max_header_size` bytes or with more than `http_max_headers` headers is answered
 /// 431; the first head must be complete `handshake_timeout` after the accept, each later
 /// one `timeout_keep_alive` after the previous response, else the connection is closed.
-pub fn builder(config: &ServerConfig) -> (Builder, Served) {
+/// `first_head` is what is left of `handshake_timeout` when hyper takes the connection
+/// over (the loop thread may have waited for its first bytes).
+pub fn builder(config: &ServerConfig, first_head: Duration) -> (Builder, Served) {
     let served = Arc::new(AtomicBool::new(false));
     let mut builder = Builder::new();
     builder
@@ -81,7 +83,7 @@ pub fn builder(config: &ServerConfig) -> (Builder, Served) {
             keep_alive: config.timeout_keep_alive,
             served: served.clone(),
         })
-        .header_read_timeout(config.handshake_timeout)
+        .header_read_timeout(first_head)
         .max_header_size(config.http_max_header_size)
         .max_headers(config.http_max_headers);
     (builder, Served(served))

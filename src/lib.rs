@@ -13,9 +13,11 @@ mod forwarded;
 mod frame;
 #[cfg(test)]
 mod fuzz_tests;
+mod gate;
 mod handshake;
 mod heartbeat;
 mod http;
+mod http1;
 mod http_limits;
 mod listener;
 mod node;

@@ -5,31 +5,19 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::PyResult;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::ServerConfig;
 
-/// A listening socket made before the runtime runs; `into_tokio` registers it inside.
-pub enum Prepared {
+/// A listening socket, non-blocking: the loop thread accepts on it (`accept`).
+pub enum Listener {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
-}
-
-/// A listening socket the accept loop waits on.
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-/// One accepted connection.
-pub enum Accepted {
-    Tcp(TcpStream),
-    Unix(UnixStream),
 }
 
 /// The two ends of an accepted connection. A Unix socket's have no address: its peer is a
@@ -67,7 +55,7 @@ impl Stream for UnixStream {
     }
 }
 
-impl Prepared {
+impl Listener {
     /// Bind `host:port` (a name is resolved; its first address is taken).
     pub fn tcp(config: &ServerConfig) -> PyResult<Self> {
         use socket2::{Domain, Socket, Type};
@@ -119,37 +107,67 @@ impl Prepared {
         }
     }
 
-    /// Must run inside the tokio runtime.
-    pub fn into_tokio(self) -> io::Result<Listener> {
-        Ok(match self {
-            Self::Tcp(listener) => Listener::Tcp(TcpListener::from_std(listener)?),
-            Self::Unix(listener) => Listener::Unix(UnixListener::from_std(listener)?),
-        })
-    }
-}
-
-impl Listener {
-    pub async fn accept(&self) -> io::Result<(Accepted, Ends)> {
+    pub fn fd(&self) -> RawFd {
         match self {
-            Self::Tcp(listener) => {
-                let (stream, peer) = listener.accept().await?;
-                // Replies are small and latency counts: no Nagle.
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().unwrap_or(peer);
-                let ends = Ends {
-                    peer: Some(peer),
-                    local: Some(local),
-                };
-                Ok((Accepted::Tcp(stream), ends))
-            }
-            Self::Unix(listener) => {
-                let (stream, _) = listener.accept().await?;
-                let ends = Ends {
-                    peer: None,
-                    local: None,
-                };
-                Ok((Accepted::Unix(stream), ends))
-            }
+            Self::Tcp(listener) => listener.as_raw_fd(),
+            Self::Unix(listener) => listener.as_raw_fd(),
         }
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Self::Unix(_))
+    }
+
+    /// The address every connection accepted here has as its own end, when the socket
+    /// is bound to one (not to all of the host's, where each connection asks its own).
+    pub fn fixed_local(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(listener) => listener
+                .local_addr()
+                .ok()
+                .filter(|a| !a.ip().is_unspecified()),
+            Self::Unix(_) => None,
+        }
+    }
+
+    /// Accept one connection, non-blocking (`WouldBlock` when none is waiting); the new
+    /// socket is non-blocking too, and without Nagle over TCP (replies are small and
+    /// latency counts). `local` is `fixed_local`'s answer.
+    pub fn accept(&self, local: Option<SocketAddr>) -> io::Result<(OwnedFd, Ends)> {
+        // SAFETY: accept4 fills at most `len` bytes of the storage and sets `len`.
+        let (raw, peer) = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let fd = libc::accept4(
+                    self.fd(),
+                    storage.cast(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                );
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(fd)
+            })?
+        };
+        // SAFETY: a descriptor accept4 just made, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if self.is_unix() {
+            let ends = Ends {
+                peer: None,
+                local: None,
+            };
+            return Ok((fd, ends));
+        }
+        let socket = socket2::SockRef::from(&fd);
+        let _ = socket.set_tcp_nodelay(true);
+        let peer = peer.as_socket();
+        let local = local.or_else(|| socket.local_addr().ok().and_then(|a| a.as_socket()));
+        Ok((
+            fd,
+            Ends {
+                peer,
+                local: local.or(peer),
+            },
+        ))
     }
 }

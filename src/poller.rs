@@ -43,16 +43,28 @@ const EVENTS: usize = 256;
 /// The epoll token of the poller's own eventfd (connection ids are never 0).
 const WAKE_TOKEN: u64 = 0;
 
+/// How a session's socket is watched: reading and writing, edge-triggered, once.
+const SESSION_EVENTS: u32 =
+    (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
 /// The timer heap's entry for returning freed memory (no connection has this id).
 const TRIM_TOKEN: u64 = 0;
 
 /// How long after the last adopted socket the allocator's free memory is given back.
 const TRIM_AFTER: Duration = Duration::from_millis(500);
 
+/// A socket whose handshake is done, with what the HTTP layer read past it and the rate
+/// limits of its route (or the server's).
+struct Adoption {
+    shared: Arc<ConnShared>,
+    socket: Socket,
+    read_ahead: Bytes,
+    rates: RateLimits,
+}
+
 /// What other threads hand the poller.
 enum Nudge {
-    /// A socket whose handshake is done, with what the HTTP layer read past it.
-    Adopt(Arc<ConnShared>, Socket, Bytes, RateLimits),
+    Adopt(Adoption),
     /// A connection's driver has something to do.
     Wake(u64),
 }
@@ -168,6 +180,48 @@ impl Poller {
         let _ = self.timer.set((call_later, on_timer));
     }
 
+    /// Add `fd` to the epoll set under `token` (the gate's listener, timer and fresh
+    /// connections: `poll` hands their readiness back to its caller).
+    pub fn watch(&self, fd: i32, token: u64, events: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: both descriptors are valid; `event` outlives the call.
+        if unsafe { libc::epoll_ctl(self.fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Add a connection's socket as a session's is watched, before it is one: `adopt_here`
+    /// then keeps the registration.
+    pub fn watch_socket(&self, fd: i32, id: u64) -> io::Result<()> {
+        self.watch(fd, id, SESSION_EVENTS)
+    }
+
+    pub fn unwatch(&self, fd: i32) {
+        // SAFETY: both descriptors are valid; a null event is allowed for DEL.
+        unsafe { libc::epoll_ctl(self.fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    }
+
+    /// Take over a socket upgraded on the loop thread, already watched (`watch_socket`).
+    pub fn adopt_here(
+        &self,
+        py: Python<'_>,
+        shared: Arc<ConnShared>,
+        socket: Socket,
+        rates: RateLimits,
+    ) -> PyResult<()> {
+        let mut side = self.side.lock();
+        let side = &mut *side;
+        let adoption = Adoption {
+            shared,
+            socket,
+            read_ahead: Bytes::new(),
+            rates,
+        };
+        self.start(side, adoption, Instant::now(), true);
+        self.finish_round(py, side)
+    }
+
     /// Take over an upgraded socket (from any thread).
     /// `rates` are its route's rate limits (or the server's).
     pub fn adopt(
@@ -177,12 +231,17 @@ impl Poller {
         read_ahead: Bytes,
         rates: RateLimits,
     ) {
-        self.nudges
-            .push(Nudge::Adopt(shared, socket, read_ahead, rates));
+        self.nudges.push(Nudge::Adopt(Adoption {
+            shared,
+            socket,
+            read_ahead,
+            rates,
+        }));
     }
 
-    /// The loop's reader callback: serve every ready socket and nudge.
-    pub fn poll(&self, py: Python<'_>) -> PyResult<()> {
+    /// The loop's reader callback: serve every ready socket and nudge. The readiness of
+    /// descriptors that are not sessions (`watch`) goes to `others`.
+    pub fn poll(&self, py: Python<'_>, others: &mut Vec<(u64, u32)>) -> PyResult<()> {
         let mut side = self.side.lock();
         let side = &mut *side;
         side.events.clear();
@@ -207,9 +266,7 @@ impl Poller {
                 let mut nudges = std::mem::take(&mut side.nudges);
                 for nudge in nudges.drain(..) {
                     match nudge {
-                        Nudge::Adopt(shared, socket, read_ahead, rates) => {
-                            self.start(side, shared, socket, &read_ahead, rates, now)
-                        }
+                        Nudge::Adopt(adoption) => self.start(side, adoption, now, false),
                         Nudge::Wake(id) => {
                             if let Some(session) = side.sessions.get(&id) {
                                 session.wake.listed.store(false, Ordering::Release);
@@ -222,7 +279,9 @@ impl Poller {
                 continue;
             }
             let Some(session) = side.sessions.get_mut(&token) else {
-                continue; // a socket dropped earlier in this batch
+                // Not a session: the gate's (or one dropped earlier in this batch).
+                others.push((token, events));
+                continue;
             };
             let hangup =
                 (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
@@ -273,22 +332,15 @@ impl Poller {
         }
     }
 
-    fn start(
-        &self,
-        side: &mut LoopSide,
-        shared: Arc<ConnShared>,
-        socket: Socket,
-        read_ahead: &[u8],
-        rates: RateLimits,
-        now: Instant,
-    ) {
+    fn start(&self, side: &mut LoopSide, adoption: Adoption, now: Instant, watched: bool) {
+        let Adoption {
+            shared,
+            socket,
+            read_ahead,
+            rates,
+        } = adoption;
         let id = shared.id;
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: id,
-        };
-        // SAFETY: both descriptors are valid; `event` outlives the call.
-        if unsafe { libc::epoll_ctl(self.fd(), libc::EPOLL_CTL_ADD, socket.fd(), &mut event) } < 0 {
+        if !watched && self.watch_socket(socket.fd(), id).is_err() {
             shared.end(1006, "the socket could not be watched");
             return;
         }
@@ -310,7 +362,7 @@ impl Poller {
         if !read_ahead.is_empty() {
             session
                 .protocol
-                .receive(read_ahead, now, &mut |action| side.actions.push(action));
+                .receive(&read_ahead, now, &mut |action| side.actions.push(action));
         }
         side.sessions.insert(id, session);
         side.adopted_at = Some(now);
@@ -398,15 +450,7 @@ impl Poller {
     }
 
     fn forget_socket(&self, session: &Session) {
-        // SAFETY: both descriptors are valid; a null event is allowed for DEL.
-        unsafe {
-            libc::epoll_ctl(
-                self.fd(),
-                libc::EPOLL_CTL_DEL,
-                session.socket.fd(),
-                std::ptr::null_mut(),
-            )
-        };
+        self.unwatch(session.socket.fd());
         session.shared.attach_socket(None, None);
         // A connection that has not ended yet was lost.
         session.shared.end(1006, "connection lost");

@@ -1,18 +1,23 @@
 //! The listener, HTTP/1.1 and the WebSocket handshake; `Server` as Python sees it.
 //!
-//! Each TCP connection is served by hyper. A WebSocket upgrade on a known route is checked
-//! (malformed → 400, Python never sees it), then queued to Python and held open until the
-//! handler accepts (101, then the socket moves to the loop thread's `Poller`) or refuses
-//! (403). HTTP requests are queued to Python and answered through a oneshot. `drain` runs
-//! queued events on the loop thread; IO threads never take the GIL.
+//! The loop thread accepts (`Gate`). A connection that opens with a WebSocket upgrade is
+//! answered there: the handshake is checked (malformed → 400, Python never sees it), the
+//! handler runs at once, and its answer is written on the same thread (`LoopAnswer`); the
+//! accepted socket is a `Poller` session from then on. Every other connection (HTTP, TLS,
+//! a head in pieces) is served by hyper on the IO threads: its upgrades are queued to
+//! Python (`Event::WebSocket`) and held until the handler answers, its HTTP requests are
+//! queued and answered through a oneshot. `drain` runs queued events on the loop thread;
+//! IO threads never take the GIL.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicI32, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -30,21 +35,26 @@ use crate::config::{ServerConfig, Settings};
 use crate::connection::{Buffers, ConnShared, Owner};
 use crate::eventloop::LoopHooks;
 use crate::forwarded::TrustedProxies;
-use crate::handshake::{self, has_token, Decision, Handshake, HeaderText};
+use crate::gate::{Arrival, Gate};
+use crate::handshake::{self, has_token, Answer, Answerer, Decision, Handshake, HeaderText};
 use crate::http::{HttpRequest, PendingRequest, Reply};
+use crate::http1::{HttpAnswer, Stamp};
 use crate::http_limits;
-use crate::listener::{Accepted, Ends, Listener, Prepared, Stream};
+use crate::listener::{Ends, Listener, Stream};
 use crate::per_client::PerClient;
 use crate::poller::{self, Poller};
 use crate::protocol::Limits;
 use crate::ratelimit::RateLimits;
-use crate::router::{percent_decode, RouteSpec, Routes};
+use crate::router::{percent_decode, Found, RouteSpec, Routes};
 use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
 use crate::tls::{self, TlsSettings};
 use crate::websocket::Connection;
 
 type Body = Full<Bytes>;
+
+/// The readiness the poller reports for the gate, and what the gate finds.
+type GateBuffers = (Vec<(u64, u32)>, Vec<Arrival>);
 
 /// What the server's threads tell the loop thread (`Server.drain` runs them).
 pub enum Event {
@@ -72,6 +82,8 @@ pub struct ServerState {
     shutdown: CancellationToken,
     /// Reads and writes the upgraded sockets, on the loop thread.
     poller: Arc<Poller>,
+    /// Accepts, and answers the upgrades that come first on a connection, on the loop thread.
+    gate: Gate,
     /// Set when the server speaks TLS (`ssl_certfile`): every connection does.
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// The lowest level `ferrosock.error` logs, as it was when the server started: lines
@@ -88,6 +100,13 @@ impl ServerState {
 
     fn logs(&self, level: i32) -> bool {
         level >= self.log_level.load(Ordering::Relaxed)
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            server_header: self.config.server_header,
+            date_header: self.config.date_header,
+        }
     }
 }
 
@@ -123,6 +142,8 @@ pub struct Server {
     port: AtomicU16,
     /// The drained batch's buffer, kept to reuse its allocation.
     batch: Mutex<Vec<Event>>,
+    /// What the poller reported for the gate, and what the gate found: reused buffers.
+    gate_ready: Mutex<GateBuffers>,
 }
 
 #[pymethods]
@@ -155,6 +176,13 @@ impl Server {
             idle_timeout: config.ws_idle_timeout,
         })?;
         let port = config.port;
+        let gate = Gate::new(
+            poller.clone(),
+            config.handshake_timeout,
+            config.http_max_header_size,
+            config.http_max_headers,
+            tls.is_some(),
+        )?;
         let state = ServerState {
             per_client: PerClient::new(config.max_connections_per_ip),
             config,
@@ -164,6 +192,7 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             poller,
+            gate,
             tls,
             log_level: AtomicI32::new(LOG_DEBUG),
         };
@@ -174,6 +203,7 @@ impl Server {
             on_log,
             port: AtomicU16::new(port),
             batch: Mutex::new(Vec::new()),
+            gate_ready: Mutex::new((Vec::new(), Vec::new())),
         })
     }
 
@@ -199,7 +229,19 @@ impl Server {
     /// Serve the sockets that are ready (the loop calls it when `poll_fd` is readable).
     fn poll(&self, py: Python<'_>) -> PyResult<()> {
         self.state.hooks.new_round();
-        self.state.poller.poll(py)
+        let (mut ready, mut arrivals) = std::mem::take(&mut *self.gate_ready.lock());
+        let polled = self.state.poller.poll(py, &mut ready);
+        if !ready.is_empty() {
+            self.state.gate.serve(&ready, &mut arrivals);
+            ready.clear();
+            for arrival in arrivals.drain(..) {
+                if let Err(error) = self.arrive(py, arrival) {
+                    error.display(py);
+                }
+            }
+        }
+        *self.gate_ready.lock() = (ready, arrivals);
+        polled
     }
 
     /// Run the heartbeats and closing deadlines that are due (armed with `call_later`).
@@ -215,6 +257,7 @@ impl Server {
 
     /// Drop every socket still open: the loop that drives them is going away.
     fn stop(&self) {
+        self.state.gate.stop();
         self.state.poller.stop_all();
     }
 
@@ -251,6 +294,12 @@ impl Server {
     #[pyo3(signature = (code=1001, reason="server shutdown"))]
     fn shutdown(&self, code: u16, reason: &str) {
         self.state.shutdown.cancel();
+        self.state.gate.stop_listening();
+        let unavailable = refusal_answer(503, Vec::new(), None).to_bytes(self.state.stamp());
+        for id in self.state.gate.deciding() {
+            stats::record_refusal(Refusal::Shutdown);
+            self.state.gate.refuse(id, &unavailable);
+        }
         let live: Vec<Arc<ConnShared>> = self.state.live.lock().values().cloned().collect();
         // What is still queued would hold the close back, behind a reader that may be
         // slow or gone; the sockets are dropped once the handlers are done anyway.
@@ -267,20 +316,70 @@ impl Server {
 impl Server {
     fn listen(&self, py: Python<'_>) -> PyResult<()> {
         let listener = match self.state.config.fd {
-            Some(fd) => Prepared::inherited(fd)?,
-            None => Prepared::tcp(&self.state.config)?,
+            Some(fd) => Listener::inherited(fd)?,
+            None => Listener::tcp(&self.state.config)?,
         };
         self.port.store(listener.port()?, Ordering::Relaxed);
-        let runtime = crate::runtime::init(self.state.config.io_threads);
-        let state = self.state.clone();
-        py.detach(|| {
-            runtime.spawn(async move {
-                match listener.into_tokio() {
-                    Ok(listener) => accept_loop(listener, state).await,
-                    Err(error) => state.log(LOG_WARNING, format!("cannot listen: {error}")),
-                }
-            })
-        });
+        // hyper's connections and the TLS handshakes run there.
+        py.detach(|| crate::runtime::init(self.state.config.io_threads));
+        self.state.gate.listen(listener)?;
+        Ok(())
+    }
+
+    /// Act on what the gate found.
+    fn arrive(&self, py: Python<'_>, arrival: Arrival) -> PyResult<()> {
+        match arrival {
+            Arrival::Upgrade { id, request, ends } => self.upgrade_here(py, id, request, ends),
+            Arrival::HandOver {
+                fd,
+                ends,
+                unix,
+                left,
+            } => {
+                let state = self.state.clone();
+                crate::runtime::get().spawn(serve_accepted(fd, ends, unix, left, state));
+                Ok(())
+            }
+            Arrival::AcceptFailed(error) => {
+                self.state
+                    .log(LOG_WARNING, format!("accept failed: {error}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// A WebSocket upgrade read on the loop thread: checked, then its handler started; the
+    /// handler's answer is written on this thread too (`LoopAnswer`).
+    fn upgrade_here(
+        &self,
+        py: Python<'_>,
+        id: u64,
+        request: Box<Request<()>>,
+        ends: Ends,
+    ) -> PyResult<()> {
+        let state = &self.state;
+        let path = percent_decode(request.uri().path()).into_owned();
+        let admitted = websocket_route(state, state.routes.find(&path), &path, ends)
+            .and_then(|route| Ok((admit(state, &request, &route, &path, ends, id)?, route)));
+        let (admitted, route) = match admitted {
+            Ok(admitted) => admitted,
+            Err(answer) => {
+                state.gate.refuse(id, &answer.to_bytes(state.stamp()));
+                return Ok(());
+            }
+        };
+        let route_id = route.id;
+        let answer = Answer::Here(Box::new(LoopAnswer {
+            state: state.clone(),
+            shared: admitted.shared.clone(),
+            key: admitted.key,
+            limits: admitted.limits,
+            answered: false,
+        }));
+        let handshake = handshake_of(state, &request, route, path, ends, answer);
+        let conn = Connection::new(admitted.shared, handshake, state.hooks.clone());
+        let conn = Py::new(py, conn)?;
+        self.on_websocket.call1(py, (route_id, conn))?;
         Ok(())
     }
 
@@ -313,36 +412,41 @@ fn resolve(py: Python<'_>, future: Option<Py<PyAny>>) -> PyResult<()> {
     future.map_or(Ok(()), |future| poller::resolve(py, future))
 }
 
-async fn accept_loop(listener: Listener, state: Arc<ServerState>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((Accepted::Tcp(stream), ends)) => {
-                tokio::spawn(serve_connection(stream, ends, state.clone()));
-            }
-            Ok((Accepted::Unix(stream), ends)) => {
-                tokio::spawn(serve_connection(stream, ends, state.clone()));
-            }
-            Err(error) => {
-                // Out of file descriptors or similar: say so, back off, keep serving.
-                state.log(LOG_WARNING, format!("accept failed: {error}"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+/// Serve a connection the gate handed over (on an IO thread); its first request head may
+/// take `left` more.
+async fn serve_accepted(
+    fd: OwnedFd,
+    ends: Ends,
+    unix: bool,
+    left: Duration,
+    state: Arc<ServerState>,
+) {
+    let served = if unix {
+        UnixStream::from_std(fd.into())
+            .map(|stream| serve_connection(stream, ends, left, state.clone()).boxed())
+    } else {
+        TcpStream::from_std(fd.into())
+            .map(|stream| serve_connection(stream, ends, left, state.clone()).boxed())
+    };
+    match served {
+        Ok(serving) => serving.await,
+        Err(error) => state.log(LOG_WARNING, format!("{ends}: cannot serve: {error}")),
     }
 }
 
-async fn serve_connection<S: Stream>(stream: S, ends: Ends, state: Arc<ServerState>) {
+async fn serve_connection<S: Stream>(
+    stream: S,
+    ends: Ends,
+    left: Duration,
+    state: Arc<ServerState>,
+) {
     match &state.tls {
-        None => serve_http(stream, ends, state).await,
+        None => serve_http(stream, ends, left, state).await,
         Some(acceptor) => {
             // The TLS handshake counts against the time the request head may take.
             let deadline = state.config.handshake_timeout;
             match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(tls, ends, state).await,
+                Ok(Ok(tls)) => serve_http(tls, ends, state.config.handshake_timeout, state).await,
                 Ok(Err(error)) => {
                     state.log(LOG_DEBUG, format!("{ends}: TLS handshake failed: {error}"))
                 }
@@ -352,13 +456,13 @@ async fn serve_connection<S: Stream>(stream: S, ends: Ends, state: Arc<ServerSta
     }
 }
 
-/// HTTP/1.1 over the accepted connection, plain or TLS.
-async fn serve_http<S>(io: S, ends: Ends, state: Arc<ServerState>)
+/// HTTP/1.1 over the accepted connection, plain or TLS; its first head may take `left`.
+async fn serve_http<S>(io: S, ends: Ends, left: Duration, state: Arc<ServerState>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service_state = state.clone();
-    let (mut builder, served) = http_limits::builder(&state.config);
+    let (mut builder, served) = http_limits::builder(&state.config, left);
     let service = hyper::service::service_fn(move |request| {
         served.mark();
         handle(request, service_state.clone(), ends)
@@ -421,13 +525,37 @@ fn take_as<S: Stream>(
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    HttpAnswer::text(status, text).into_response()
+}
+
+/// The response that refuses a handshake: the app's body, or the status's reason as text.
+fn refusal_answer(status: u16, headers: Vec<(String, String)>, body: Option<Bytes>) -> HttpAnswer {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut answer = match body {
+        Some(body) => HttpAnswer {
+            status,
+            headers: header::HeaderMap::new(),
+            body,
+        },
+        None => HttpAnswer::text(status, status.canonical_reason().unwrap_or("")),
+    };
+    handshake::append_headers(&mut answer.headers, headers);
+    answer
+}
+
+/// The 101 that accepts a handshake.
+fn accept_answer(
+    key: &[u8],
+    subprotocol: Option<String>,
+    extra: Vec<(String, String)>,
+) -> HttpAnswer {
+    let mut headers = header::HeaderMap::new();
+    handshake::accept_headers(&mut headers, key, subprotocol, extra);
+    HttpAnswer {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers,
+        body: Bytes::new(),
+    }
 }
 
 async fn handle(
@@ -439,23 +567,9 @@ async fn handle(
     let wants_websocket = has_token(request.headers(), header::UPGRADE, "websocket");
     let found = state.routes.find(&path);
     let mut response = if wants_websocket {
-        match found
-            .as_ref()
-            .and_then(|f| f.endpoints.websocket.map(|id| (id, f)))
-        {
-            Some((route_id, found)) => {
-                let route = Route {
-                    id: route_id,
-                    params: found.params.clone(),
-                    limits: found.endpoints.websocket_limits,
-                };
-                websocket_handshake(request, &state, route, path, ends).await
-            }
-            None => {
-                stats::record_refusal(Refusal::NotFound);
-                log_request(&state, ends, "GET", &path, 403, "no WebSocket route");
-                text_response(StatusCode::FORBIDDEN, "Forbidden")
-            }
+        match websocket_route(&state, found, &path, ends) {
+            Ok(route) => websocket_handshake(request, &state, route, path, ends).await,
+            Err(answer) => answer.into_response(),
         }
     } else {
         let method = request.method().as_str().to_owned();
@@ -506,28 +620,64 @@ struct Route {
     limits: RateLimits,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn websocket_handshake(
-    mut request: Request<Incoming>,
-    state: &Arc<ServerState>,
-    route: Route,
-    path: String,
+/// The WebSocket route `path` names, or the 403 for a path that has none.
+fn websocket_route(
+    state: &ServerState,
+    found: Option<Found<'_>>,
+    path: &str,
     ends: Ends,
-) -> Response<Body> {
-    if let Some(problem) = handshake::problem(&request) {
+) -> Result<Route, Box<HttpAnswer>> {
+    match found.and_then(|f| f.endpoints.websocket.map(|id| (id, f))) {
+        Some((id, found)) => Ok(Route {
+            id,
+            limits: found.endpoints.websocket_limits,
+            params: found.params,
+        }),
+        None => {
+            stats::record_refusal(Refusal::NotFound);
+            log_request(state, ends, "GET", path, 403, "no WebSocket route");
+            Err(Box::new(HttpAnswer::text(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+            )))
+        }
+    }
+}
+
+/// A handshake that passed the checks: its connection, counted as live.
+struct Admitted {
+    shared: Arc<ConnShared>,
+    key: Vec<u8>,
+    limits: RateLimits,
+}
+
+/// Check a handshake (RFC 6455, Origin, `max_connections`, `max_connections_per_ip`) and
+/// make its connection `id`; or the response that refuses it.
+fn admit<B>(
+    state: &Arc<ServerState>,
+    request: &Request<B>,
+    route: &Route,
+    path: &str,
+    ends: Ends,
+    id: u64,
+) -> Result<Admitted, Box<HttpAnswer>> {
+    if let Some(problem) = handshake::problem(request) {
         stats::record_refusal(Refusal::BadRequest);
-        log_request(state, ends, "GET", &path, 400, problem);
-        let mut response = text_response(StatusCode::BAD_REQUEST, "Bad Request");
-        response.headers_mut().insert(
+        log_request(state, ends, "GET", path, 400, problem);
+        let mut answer = HttpAnswer::text(StatusCode::BAD_REQUEST, "Bad Request");
+        answer.headers.insert(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return response;
+        return Err(Box::new(answer));
     }
     if !handshake::origin_allowed(state.config.allowed_origins.as_deref(), request.headers()) {
         stats::record_refusal(Refusal::ForbiddenOrigin);
-        log_request(state, ends, "GET", &path, 403, "origin not allowed");
-        return text_response(StatusCode::FORBIDDEN, "Forbidden");
+        log_request(state, ends, "GET", path, 403, "origin not allowed");
+        return Err(Box::new(HttpAnswer::text(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+        )));
     }
     if state
         .config
@@ -535,10 +685,12 @@ async fn websocket_handshake(
         .is_some_and(|max| state.live.lock().len() >= max)
     {
         stats::record_refusal(Refusal::OverCapacity);
-        log_request(state, ends, "GET", &path, 503, "max_connections reached");
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        log_request(state, ends, "GET", path, 503, "max_connections reached");
+        return Err(Box::new(HttpAnswer::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+        )));
     }
-    let id = crate::node::next_id();
     let trusted = state.config.trusted_proxies.as_ref();
     let client = TrustedProxies::client_of(trusted, ends.peer.map(|p| p.ip()), request.headers());
     if !state.per_client.admit(id, client) {
@@ -547,11 +699,14 @@ async fn websocket_handshake(
             state,
             ends,
             "GET",
-            &path,
+            path,
             429,
             "max_connections_per_ip reached",
         );
-        return text_response(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        return Err(Box::new(HttpAnswer::text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests",
+        )));
     }
     let key = request
         .headers()
@@ -563,9 +718,25 @@ async fn websocket_handshake(
         slow_consumer_timeout: state.config.slow_consumer_timeout,
     };
     let shared = ConnShared::new(id, state.clone(), buffers);
-    let (decision_tx, decision_rx) = oneshot::channel();
-    let limits = route.limits.or(RateLimits::server(&state.config));
-    let handshake = Handshake {
+    stats::bump(&counter::connections_opened);
+    state.live.lock().insert(shared.id, shared.clone());
+    Ok(Admitted {
+        shared,
+        key,
+        limits: route.limits.or(RateLimits::server(&state.config)),
+    })
+}
+
+/// What the handler is handed of an admitted handshake.
+fn handshake_of<B>(
+    state: &ServerState,
+    request: &Request<B>,
+    route: Route,
+    path: String,
+    ends: Ends,
+    answer: Answer,
+) -> Handshake {
+    Handshake {
         route_id: route.id,
         path,
         query_string: request.uri().query().unwrap_or("").to_owned(),
@@ -575,10 +746,36 @@ async fn websocket_handshake(
         server: ends.local,
         path_params: route.params,
         subprotocols: handshake::subprotocols(request.headers()),
-        decision: decision_tx,
+        answer,
+    }
+}
+
+/// A handshake hyper serves: the handler's answer comes back through a oneshot.
+async fn websocket_handshake(
+    mut request: Request<Incoming>,
+    state: &Arc<ServerState>,
+    route: Route,
+    path: String,
+    ends: Ends,
+) -> Response<Body> {
+    let id = crate::node::next_id();
+    let Admitted {
+        shared,
+        key,
+        limits,
+    } = match admit(state, &request, &route, &path, ends, id) {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer.into_response(),
     };
-    stats::bump(&counter::connections_opened);
-    state.live.lock().insert(shared.id, shared.clone());
+    let (decision_tx, decision_rx) = oneshot::channel();
+    let handshake = handshake_of(
+        state,
+        &request,
+        route,
+        path,
+        ends,
+        Answer::Later(decision_tx),
+    );
     state
         .bridge
         .push(Event::WebSocket(shared.clone(), Box::new(handshake)));
@@ -596,17 +793,7 @@ async fn websocket_handshake(
         } => {
             stats::record_refusal(why);
             shared.end(1006, "handshake refused");
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            let mut response = match body {
-                Some(body) => {
-                    let mut response = Response::new(Full::new(body));
-                    *response.status_mut() = status;
-                    response
-                }
-                None => text_response(status, status.canonical_reason().unwrap_or("")),
-            };
-            handshake::append_headers(response.headers_mut(), headers);
-            response
+            refusal_answer(status, headers, body).into_response()
         }
         Decision::Accept {
             subprotocol,
@@ -632,10 +819,67 @@ async fn websocket_handshake(
                     }
                 }
             });
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            handshake::accept_headers(response.headers_mut(), &key, subprotocol, headers);
-            response
+            accept_answer(&key, subprotocol, headers).into_response()
+        }
+    }
+}
+
+/// The handler's answer to a handshake read on the loop thread, written there.
+struct LoopAnswer {
+    state: Arc<ServerState>,
+    shared: Arc<ConnShared>,
+    key: Vec<u8>,
+    limits: RateLimits,
+    answered: bool,
+}
+
+impl Answerer for LoopAnswer {
+    fn answer(mut self: Box<Self>, decision: Decision) -> bool {
+        self.answered = true;
+        self.carry_out(decision)
+    }
+}
+
+impl Drop for LoopAnswer {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.carry_out(Decision::refuse(403, Refusal::Error));
+        }
+    }
+}
+
+impl LoopAnswer {
+    fn carry_out(&self, decision: Decision) -> bool {
+        let (state, id) = (&self.state, self.shared.id);
+        match decision {
+            Decision::Respond {
+                status,
+                headers,
+                body,
+                why,
+            } => {
+                stats::record_refusal(why);
+                self.shared.end(1006, "handshake refused");
+                let answer = refusal_answer(status, headers, body);
+                state.gate.refuse(id, &answer.to_bytes(state.stamp()))
+            }
+            Decision::Accept {
+                subprotocol,
+                headers,
+            } => {
+                stats::bump(&counter::handshakes_accepted);
+                let answer = accept_answer(&self.key, subprotocol, headers);
+                let Ok(socket) = state.gate.accept(id, &answer.to_bytes(state.stamp())) else {
+                    return false;
+                };
+                Python::attach(|py| {
+                    let shared = self.shared.clone();
+                    if let Err(error) = state.poller.adopt_here(py, shared, socket, self.limits) {
+                        error.display(py);
+                    }
+                });
+                true
+            }
         }
     }
 }

@@ -13,14 +13,13 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use tokio::sync::oneshot;
 
 use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
 use crate::connection::ConnShared;
 use crate::convert::{bytes_of, text_of};
 use crate::eventloop::LoopHooks;
 use crate::frame::OutFrame;
-use crate::handshake::{address, Decision, Handshake, HeaderText};
+use crate::handshake::{address, Answer, Decision, Handshake, HeaderText};
 use crate::stats::Refusal;
 
 const CONNECTING: u8 = 0;
@@ -45,7 +44,7 @@ pub struct Connection {
     path_params: Vec<(String, String)>,
     #[pyo3(get)]
     subprotocols: Vec<String>,
-    decision: Mutex<Option<oneshot::Sender<Decision>>>,
+    answer: Mutex<Option<Answer>>,
     app_state: AtomicU8,
     subprotocol: Mutex<Option<String>>,
     /// Operations finished without waiting since the last wait or fairness yield.
@@ -66,7 +65,7 @@ impl Connection {
             server: handshake.server,
             path_params: handshake.path_params,
             subprotocols: handshake.subprotocols,
-            decision: Mutex::new(Some(handshake.decision)),
+            answer: Mutex::new(Some(handshake.answer)),
             app_state: AtomicU8::new(CONNECTING),
             subprotocol: Mutex::new(None),
             streak: AtomicU32::new(0),
@@ -159,10 +158,10 @@ impl Connection {
     }
 
     fn decide(&self, decision: Decision) -> bool {
-        match self.decision.lock().take() {
-            Some(sender) => sender.send(decision).is_ok(),
-            None => false,
-        }
+        // Taken out first: an answer carried out here may run Python (the poller's
+        // timer), which may come back to this connection.
+        let answer = self.answer.lock().take();
+        answer.is_some_and(|answer| answer.send(decision))
     }
 }
 
