@@ -222,6 +222,19 @@ impl Gate {
     }
 
     fn take_connections(&self, side: &mut GateSide, now: Instant, arrivals: &mut Vec<Arrival>) {
+        let first_new = side.deadlines.len();
+        self.accept_batch(side, now, arrivals);
+        // A client sends its head right behind the connect: it is often here already,
+        // and reading it now saves the loop a turn.
+        for index in first_new..side.deadlines.len() {
+            let id = side.deadlines[index].1;
+            if side.fresh.contains_key(&id) {
+                self.read_head(side, id, now, arrivals);
+            }
+        }
+    }
+
+    fn accept_batch(&self, side: &mut GateSide, now: Instant, arrivals: &mut Vec<Arrival>) {
         let Some(listener) = &side.listener else {
             return;
         };
