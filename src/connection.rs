@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -201,8 +201,9 @@ pub struct ConnShared {
     /// The driver holds back a close until the handler has taken every message and asks
     /// for the next: wake it when the handler parks on an empty inbox.
     io_awaits_receiver: AtomicBool,
-    /// How the connection ended; set once, by the first `end`.
-    closed: OnceLock<CloseInfo>,
+    /// How the connection ended; set once, by the first `end` (boxed: a live socket
+    /// carries one pointer for it).
+    closed: OnceLock<Box<CloseInfo>>,
     /// The end is visible to Python (receive, send, states); set after `closed`.
     ended: AtomicBool,
     /// The handler has been told of the end (a disconnect message or exception); a
@@ -213,12 +214,16 @@ pub struct ConnShared {
     pub waiters: Mutex<Waiters>,
     /// Last ping round-trip in microseconds; 0 until a pong came back.
     pub latency_us: AtomicU64,
-    /// When the last pong arrived, in nanoseconds since `heartbeat::epoch()`.
-    pub last_pong_at: AtomicU64,
     memberships: Mutex<Vec<Weak<dyn Membership>>>,
     /// When a write last moved bytes of the outbox (`progress_now`): a socket over its
     /// limit that makes no progress for `slow_consumer_timeout` is closed (`slow.rs`).
     progress_at: AtomicU64,
+    /// Made the first time a writer waits for this outbox: most sockets never fill theirs.
+    stall: OnceLock<Box<Stall>>,
+}
+
+/// What waits on a full outbox (`slow.rs`).
+pub struct Stall {
     /// A fan-out waits for room: notified once the outbox is under this many bytes
     /// (stored plus one; 0 when nobody waits).
     room_wanted: AtomicUsize,
@@ -256,12 +261,9 @@ impl ConnShared {
             stopped: AtomicBool::new(false),
             waiters: Mutex::new(Waiters::default()),
             latency_us: AtomicU64::new(0),
-            last_pong_at: AtomicU64::new(0),
             memberships: Mutex::new(Vec::new()),
             progress_at: AtomicU64::new(0),
-            room_wanted: AtomicUsize::new(0),
-            room: tokio::sync::Notify::new(),
-            send_watch: AtomicBool::new(false),
+            stall: OnceLock::new(),
         })
     }
 
@@ -285,7 +287,7 @@ impl ConnShared {
     }
 
     pub fn close_info(&self) -> Option<CloseInfo> {
-        self.closed.get().cloned()
+        self.closed.get().map(|info| CloseInfo::clone(info))
     }
 
     // ---- inbox: the driver → Python ----
@@ -585,10 +587,12 @@ impl ConnShared {
     /// Called by a writer after bytes left for the socket.
     pub fn written(self: &Arc<Self>, size: usize) {
         let left = self.outbox_bytes.fetch_sub(size, Ordering::AcqRel) - size;
-        if left < self.room_wanted.load(Ordering::Acquire)
-            && self.room_wanted.swap(0, Ordering::AcqRel) != 0
-        {
-            self.room.notify_waiters();
+        if let Some(stall) = self.stall.get() {
+            if left < stall.room_wanted.load(Ordering::Acquire)
+                && stall.room_wanted.swap(0, Ordering::AcqRel) != 0
+            {
+                stall.room.notify_waiters();
+            }
         }
         if left <= self.buffers.outbox_limit / 2
             && self.sender_waiting.load(Ordering::SeqCst)
@@ -604,6 +608,22 @@ impl ConnShared {
         self.progress_at.load(Ordering::Acquire)
     }
 
+    /// The state of writers waiting for this outbox, made on first use. A waiter that
+    /// listens on `room` checks `is_closing` afterwards (`end` may not have seen it).
+    pub fn stall(&self) -> &Stall {
+        let stall = self.stall.get_or_init(|| {
+            Box::new(Stall {
+                room_wanted: AtomicUsize::new(0),
+                room: tokio::sync::Notify::new(),
+                send_watch: AtomicBool::new(false),
+            })
+        });
+        // Pairs with the fence in `end`: either `end` finds this, or the waiter's next
+        // `is_closing` sees the end.
+        fence(Ordering::SeqCst);
+        stall
+    }
+
     /// Whether `offer` would queue `size` more bytes now.
     pub fn has_room(&self, size: usize) -> bool {
         let queued = self.outbox_bytes.load(Ordering::Acquire);
@@ -616,7 +636,9 @@ impl ConnShared {
     pub fn want_room(&self, size: usize) {
         let limit = self.buffers.outbox_limit;
         let below = limit.saturating_sub(size).min(limit / 2);
-        self.room_wanted.fetch_max(below + 1, Ordering::AcqRel);
+        self.stall()
+            .room_wanted
+            .fetch_max(below + 1, Ordering::AcqRel);
     }
 
     /// A parked send resumes from here on.
@@ -695,10 +717,10 @@ impl ConnShared {
     /// registry, and only then let the handler see it — code in `except WebSocketDisconnect`
     /// must find the socket already gone from its managers.
     pub fn end(self: &Arc<Self>, code: u16, reason: &str) -> bool {
-        let claimed = self.closed.set(CloseInfo {
+        let claimed = self.closed.set(Box::new(CloseInfo {
             code,
             reason: reason.to_owned(),
-        });
+        }));
         if claimed.is_err() {
             return false;
         }
@@ -728,7 +750,10 @@ impl ConnShared {
             self.owner.wake(self.clone(), true);
         }
         // A fan-out waiting for room in this outbox stops waiting.
-        self.room.notify_waiters();
+        fence(Ordering::SeqCst);
+        if let Some(stall) = self.stall.get() {
+            stall.room.notify_waiters();
+        }
         if self.owner.logs(LOG_DEBUG) {
             self.owner.log(
                 LOG_DEBUG,
@@ -748,6 +773,8 @@ impl ConnShared {
             return false;
         }
         if !memberships.iter().any(|r| r.ptr_eq(&registry)) {
+            // Most sockets belong to one registry: room for that one only.
+            memberships.reserve_exact(1);
             memberships.push(registry);
         }
         true

@@ -14,7 +14,8 @@ pub struct Handshake {
     pub route_id: usize,
     pub path: String,
     pub query_string: String,
-    pub scheme: &'static str,
+    /// Over TLS: the scheme is `wss`.
+    pub tls: bool,
     pub headers: HeaderText,
     pub client: Option<SocketAddr>,
     pub server: Option<SocketAddr>,

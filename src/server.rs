@@ -740,7 +740,7 @@ fn handshake_of<B>(
         route_id: route.id,
         path,
         query_string: request.uri().query().unwrap_or("").to_owned(),
-        scheme: if state.tls.is_some() { "wss" } else { "ws" },
+        tls: state.tls.is_some(),
         headers: HeaderText::new(request.headers()),
         client: ends.peer,
         server: ends.local,

@@ -55,9 +55,12 @@ pub async fn wait_for_room(conn: &Arc<ConnShared>, size: usize, since: u64) -> W
         }
         // Listen before looking, so that a drain in between is not missed. Every waiter
         // is woken (several registries may wait for the same socket).
-        let drained = conn.room.notified();
+        let drained = conn.stall().room.notified();
         tokio::pin!(drained);
         drained.as_mut().enable();
+        if conn.is_closing() {
+            return Waited::Ended;
+        }
         conn.want_room(size);
         if conn.has_room(size) {
             return Waited::Room;
@@ -78,7 +81,7 @@ pub async fn wait_for_room(conn: &Arc<ConnShared>, size: usize, since: u64) -> W
 /// makes no progress for `slow_consumer_timeout`. At most one watch per connection runs;
 /// it ends once the outbox is back under half the limit (where the parked send resumes).
 pub fn watch_send(conn: &Arc<ConnShared>) {
-    if conn.send_watch.swap(true, Ordering::AcqRel) {
+    if conn.stall().send_watch.swap(true, Ordering::AcqRel) {
         return;
     }
     let conn = conn.clone();
@@ -93,12 +96,12 @@ pub fn watch_send(conn: &Arc<ConnShared>) {
                 }
                 tokio::time::sleep_until(at.into()).await;
             }
-            conn.send_watch.store(false, Ordering::Release);
+            conn.stall().send_watch.store(false, Ordering::Release);
             // A send may have gone over the limit again as this watch was ending, and
             // found it still running: keep watching for it.
             if conn.is_closing()
                 || conn.outbox_under_half()
-                || conn.send_watch.swap(true, Ordering::AcqRel)
+                || conn.stall().send_watch.swap(true, Ordering::AcqRel)
             {
                 return;
             }

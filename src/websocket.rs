@@ -33,20 +33,19 @@ pub struct Connection {
     hooks: Arc<LoopHooks>,
     #[pyo3(get)]
     route_id: usize,
-    #[pyo3(get)]
-    path: String,
-    #[pyo3(get)]
-    query_string: String,
-    scheme: &'static str,
+    // Boxed strings and slices rather than `String`s and `Vec`s: every parked socket
+    // carries these, and none of them grows.
+    path: Box<str>,
+    query_string: Box<str>,
+    tls: bool,
     headers: HeaderText,
     client: Option<SocketAddr>,
     server: Option<SocketAddr>,
-    path_params: Vec<(String, String)>,
-    #[pyo3(get)]
-    subprotocols: Vec<String>,
+    path_params: Box<[(String, String)]>,
+    subprotocols: Box<[String]>,
     answer: Mutex<Option<Answer>>,
     app_state: AtomicU8,
-    subprotocol: Mutex<Option<String>>,
+    subprotocol: Mutex<Option<Box<str>>>,
     /// Operations finished without waiting since the last wait or fairness yield.
     streak: AtomicU32,
 }
@@ -57,14 +56,14 @@ impl Connection {
             shared,
             hooks,
             route_id: handshake.route_id,
-            path: handshake.path,
-            query_string: handshake.query_string,
-            scheme: handshake.scheme,
+            path: handshake.path.into_boxed_str(),
+            query_string: handshake.query_string.into_boxed_str(),
+            tls: handshake.tls,
             headers: handshake.headers,
             client: handshake.client,
             server: handshake.server,
-            path_params: handshake.path_params,
-            subprotocols: handshake.subprotocols,
+            path_params: handshake.path_params.into_boxed_slice(),
+            subprotocols: handshake.subprotocols.into_boxed_slice(),
             answer: Mutex::new(Some(handshake.answer)),
             app_state: AtomicU8::new(CONNECTING),
             subprotocol: Mutex::new(None),
@@ -173,8 +172,27 @@ impl Connection {
     }
 
     #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    #[getter]
+    fn query_string(&self) -> &str {
+        &self.query_string
+    }
+
+    #[getter]
+    fn subprotocols(&self) -> Vec<&str> {
+        self.subprotocols.iter().map(String::as_str).collect()
+    }
+
+    #[getter]
     fn scheme(&self) -> &'static str {
-        self.scheme
+        if self.tls {
+            "wss"
+        } else {
+            "ws"
+        }
     }
 
     #[getter]
@@ -195,7 +213,7 @@ impl Connection {
     #[getter]
     fn path_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
-        for (name, value) in &self.path_params {
+        for (name, value) in self.path_params.iter() {
             dict.set_item(name, value)?;
         }
         Ok(dict)
@@ -203,7 +221,7 @@ impl Connection {
 
     #[getter]
     fn subprotocol(&self) -> Option<String> {
-        self.subprotocol.lock().clone()
+        self.subprotocol.lock().as_deref().map(str::to_owned)
     }
 
     /// As Starlette's: a refused handshake (close before accept, a denial response) is
@@ -266,7 +284,7 @@ impl Connection {
             }
         }
         self.app_state.store(CONNECTED, Ordering::Release);
-        *self.subprotocol.lock() = subprotocol.clone();
+        *self.subprotocol.lock() = subprotocol.as_deref().map(Box::from);
         let accepted = self.decide(Decision::Accept {
             subprotocol,
             headers: headers.unwrap_or_default(),
