@@ -24,8 +24,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,8 @@ impl Owner for ServerState {
 pub struct Server {
     state: Arc<ServerState>,
     on_websocket: Py<PyAny>,
+    /// What each WebSocket's Python object is made as (`Connection::into_object`).
+    connection_class: Option<(Py<PyType>, Py<PyTuple>)>,
     on_http: Py<PyAny>,
     on_log: Py<PyAny>,
     port: AtomicU16,
@@ -151,13 +154,29 @@ impl Server {
     #[new]
     // `config` is the Python `Config`: its fields are read by name (`config::Settings`,
     // `tls::TlsSettings`), so the defaults live in one place.
+    #[pyo3(signature = (routes, on_websocket, on_http, on_log, config, connection_class=None, connection_args=None))]
     fn new(
         routes: Vec<RouteSpec>,
         on_websocket: Py<PyAny>,
         on_http: Py<PyAny>,
         on_log: Py<PyAny>,
         config: &Bound<'_, PyAny>,
+        connection_class: Option<Bound<'_, PyType>>,
+        connection_args: Option<Bound<'_, PyTuple>>,
     ) -> PyResult<Self> {
+        let py = config.py();
+        let connection_class = match connection_class {
+            Some(class) if !class.is_subclass_of::<Connection>()? => {
+                return Err(PyTypeError::new_err(
+                    "connection_class must be a subclass of Connection",
+                ));
+            }
+            Some(class) => {
+                let args = connection_args.unwrap_or_else(|| PyTuple::empty(py));
+                Some((class.unbind(), args.unbind()))
+            }
+            None => None,
+        };
         let tls = config
             .extract::<TlsSettings>()?
             .server_config()
@@ -199,6 +218,7 @@ impl Server {
         Ok(Self {
             state: Arc::new(state),
             on_websocket,
+            connection_class,
             on_http,
             on_log,
             port: AtomicU16::new(port),
@@ -377,8 +397,8 @@ impl Server {
             answered: false,
         }));
         let handshake = handshake_of(state, &request, route, path, ends, answer);
-        let conn = Connection::new(admitted.shared, handshake, state.hooks.clone());
-        let conn = Py::new(py, conn)?;
+        let conn = Connection::new(admitted.shared, handshake, state.hooks.clone())
+            .into_object(py, self.connection_class.as_ref())?;
         self.on_websocket.call1(py, (route_id, conn))?;
         Ok(())
     }
@@ -390,7 +410,8 @@ impl Server {
             Event::WebSocket(shared, handshake) => {
                 let route_id = handshake.route_id;
                 let hooks = self.state.hooks.clone();
-                let conn = Py::new(py, Connection::new(shared, *handshake, hooks))?;
+                let conn = Connection::new(shared, *handshake, hooks)
+                    .into_object(py, self.connection_class.as_ref())?;
                 self.on_websocket.call1(py, (route_id, conn))?;
                 Ok(())
             }

@@ -4,15 +4,16 @@
 //! `application_state`), and turns each call into a `Done` or an `Op` awaitable. Runs on the
 //! loop thread only; the IO side is reached through `ConnShared`.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
 use crate::connection::ConnShared;
@@ -27,7 +28,11 @@ const CONNECTED: u8 = 1;
 const DISCONNECTED: u8 = 2;
 const RESPONSE: u8 = 3;
 
-#[pyclass(frozen, module = "ferrosock._engine")]
+/// Python's `WebSocket` is a subclass: the per-message methods are this class's own, so a
+/// handler's `websocket.receive_text()` calls into Rust with no Python frame and no bound
+/// method in between, and a parked socket is one object. The engine makes each one
+/// (`Server`'s `connection_class`); `__new__` only takes what the engine prepared.
+#[pyclass(frozen, subclass, module = "ferrosock._engine")]
 pub struct Connection {
     shared: Arc<ConnShared>,
     hooks: Arc<LoopHooks>,
@@ -69,6 +74,24 @@ impl Connection {
             subprotocol: Mutex::new(None),
             streak: AtomicU32::new(0),
         }
+    }
+
+    /// Make the Python object for this connection: `class(*args)` when the server has a
+    /// `connection_class` (its `__new__` takes `self` from here), a plain `Connection`
+    /// otherwise.
+    pub fn into_object(
+        self,
+        py: Python<'_>,
+        class: Option<&(Py<PyType>, Py<PyTuple>)>,
+    ) -> PyResult<Py<PyAny>> {
+        let Some((class, args)) = class else {
+            return Ok(Py::new(py, self)?.into_any());
+        };
+        PREPARED.with(|prepared| *prepared.borrow_mut() = Some(self));
+        let made = class.bind(py).call1(args.bind(py));
+        // Not taken when the class's `__new__` failed before reaching ours.
+        PREPARED.with(|prepared| prepared.borrow_mut().take());
+        Ok(made?.unbind())
     }
 
     pub fn shared(&self) -> &Arc<ConnShared> {
@@ -164,8 +187,23 @@ impl Connection {
     }
 }
 
+thread_local! {
+    /// The connection `into_object` is making, for `__new__` to take.
+    static PREPARED: RefCell<Option<Connection>> = const { RefCell::new(None) };
+}
+
 #[pymethods]
 impl Connection {
+    /// Made by the engine only: a `connection_class`'s construction takes the connection
+    /// the engine prepared; its arguments are for the subclass's `__init__`.
+    #[new]
+    #[pyo3(signature = (*_args))]
+    fn py_new(_args: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        PREPARED
+            .with(|prepared| prepared.borrow_mut().take())
+            .ok_or_else(|| PyTypeError::new_err("Connection objects are made by the server"))
+    }
+
     #[getter]
     fn id(&self) -> u64 {
         self.shared.id
@@ -196,12 +234,12 @@ impl Connection {
     }
 
     #[getter]
-    fn headers(&self) -> Vec<(&str, &str)> {
+    fn raw_headers(&self) -> Vec<(&str, &str)> {
         self.headers.pairs()
     }
 
     #[getter]
-    fn client(&self) -> Option<(String, u16)> {
+    fn raw_client(&self) -> Option<(String, u16)> {
         self.client.map(address)
     }
 
@@ -211,7 +249,7 @@ impl Connection {
     }
 
     #[getter]
-    fn path_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn raw_path_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         for (name, value) in self.path_params.iter() {
             dict.set_item(name, value)?;
@@ -227,7 +265,7 @@ impl Connection {
     /// As Starlette's: a refused handshake (close before accept, a denial response) is
     /// DISCONNECTED once its response is on its way.
     #[getter]
-    fn application_state(&self) -> u8 {
+    fn application_state_value(&self) -> u8 {
         match self.state() {
             RESPONSE => DISCONNECTED,
             state => state,
@@ -241,7 +279,7 @@ impl Connection {
     }
 
     #[getter]
-    fn client_state(&self) -> u8 {
+    fn client_state_value(&self) -> u8 {
         match self.state() {
             CONNECTING => CONNECTING,
             RESPONSE => DISCONNECTED,

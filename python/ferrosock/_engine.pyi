@@ -15,7 +15,9 @@ future.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, final
+from typing import Any, Literal, Self, final
+
+from typing_extensions import disjoint_base
 
 from ferrosock.config import Config
 
@@ -26,17 +28,20 @@ class Server:
     def __new__(
         cls,
         routes: list[tuple[str, RouteKind, list[str], int, dict[str, float]]],
-        on_websocket: Callable[[int, Connection], None],
+        on_websocket: Callable[[int, Any], None],
         on_http: Callable[[int, HttpRequest], None],
         on_log: Callable[[int, str], None],
         config: Config,
+        connection_class: type[Connection] | None = None,
+        connection_args: tuple[Any, ...] | None = None,
     ) -> Server:
         """``routes``: ``(path template, kind, HTTP methods, route id, limits)``; templates
         use ``{name}`` segments and are compiled once; ``limits`` holds the rate limits a
         WebSocket route sets for itself (``max_messages_per_second``,
         ``max_bytes_per_second``), each replacing the server's. ``on_websocket`` and
         ``on_http`` are called on the event-loop thread (from ``drain``) with the route id
-        and the new object; ``on_log`` with a ``logging`` level and a message the IO threads
+        and the new object (a ``Connection``, made as ``connection_class(*connection_args)``
+        when a class is given); ``on_log`` with a ``logging`` level and a message the IO threads
         produced. ``config`` is read by attribute name, so each setting's default lives
         in ``Config`` only."""
     def start(
@@ -79,25 +84,37 @@ class Server:
         """Stop accepting; close every open WebSocket with ``code``."""
     def connection_count(self) -> int: ...
 
-@final
+@disjoint_base
 class Connection:
-    id: int
+    """One upgraded WebSocket. Made by the server only: as ``connection_class(*connection_args)``
+    when the server has a ``connection_class`` (a subclass, such as ``ferrosock.WebSocket``),
+    whose ``__init__`` gets those arguments; calling the class otherwise raises ``TypeError``.
+    The ``raw_`` attributes are the request as the engine read it (no proxy headers applied,
+    path parameters unconverted)."""
+
+    def __new__(cls, *args: Any) -> Self: ...
+    @property
+    def id(self) -> int:
+        """The engine's id of this connection, unique across the cluster (``docs/scaling.md``)."""
     route_id: int
     path: str
     query_string: str
     scheme: str
-    headers: list[tuple[str, str]]
-    client: tuple[str, int] | None
+    raw_headers: list[tuple[str, str]]
+    raw_client: tuple[str, int] | None
     server: tuple[str, int] | None
-    path_params: dict[str, str]
-    subprotocols: list[str]
+    raw_path_params: dict[str, str]
     @property
-    def subprotocol(self) -> str | None: ...
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered."""
     @property
-    def client_state(self) -> int:
+    def subprotocol(self) -> str | None:
+        """The subprotocol chosen in ``accept``."""
+    @property
+    def client_state_value(self) -> int:
         """Starlette's ``WebSocketState`` value: 0 connecting, 1 connected, 2 disconnected."""
     @property
-    def application_state(self) -> int:
+    def application_state_value(self) -> int:
         """0 connecting, 1 connected, 2 disconnected (also once a handshake was refused)."""
     @property
     def refused(self) -> bool:
@@ -129,7 +146,11 @@ class Connection:
         """Raises ``WebSocketDisconnect`` when the connection has ended."""
     def receive_bytes(self) -> Awaitable[bytes]: ...
     def send_text(self, data: str) -> Awaitable[None]:
-        """Raises ``WebSocketDisconnect`` when the connection has ended."""
+        """Queue a text message. Past the server's ``outbox_limit`` the ``await`` waits
+        for the client to take it below half; if the client takes nothing for
+        ``slow_consumer_timeout`` the socket is closed with 1013 and this raises
+        ``WebSocketDisconnect``, as does any send once the socket has ended. The same
+        holds for ``send_bytes``."""
     def send_bytes(self, data: bytes | bytearray | memoryview) -> Awaitable[None]: ...
     def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]:
         """Before ``accept``: refuse with HTTP 403. After: send a close frame. A second

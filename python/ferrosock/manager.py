@@ -124,14 +124,14 @@ class ConnectionManager:
 
     def disconnect(self, websocket: WebSocket) -> None:
         """Forget the socket; calling it again, or for a socket that already ended, is fine."""
-        self._registry.remove(websocket._connection)
+        self._registry.remove(websocket)
         self._sockets.pop(websocket.id, None)
 
     async def send_personal_message(self, message: str | bytes, websocket: WebSocket | int) -> None:
         """Send to one socket: a ``WebSocket``, or the ``id`` of a member on any process."""
         if isinstance(websocket, int):
             await self.send_to(websocket, message)
-        elif websocket._connection in self._registry:
+        elif websocket in self._registry:
             self._send_to(websocket.id, message)
             await self._keep_up()
         elif isinstance(message, str):
@@ -143,7 +143,7 @@ class ConnectionManager:
         self, message: str, room: str | None = None, exclude: WebSocket | None = None
     ) -> None:
         """Send ``message`` to every member (of ``room``), except ``exclude``."""
-        self._registry.broadcast_text(message, room, _connection_of(exclude))
+        self._registry.broadcast_text(message, room, exclude)
         await self._keep_up()
 
     # ---- more ----
@@ -152,21 +152,21 @@ class ConnectionManager:
         """Register an already accepted socket."""
         self._backend.ensure_started()
         if room is None:
-            self._registry.add(websocket._connection)
+            self._registry.add(websocket)
         else:
-            self._registry.join(websocket._connection, room)
+            self._registry.join(websocket, room)
         self._sockets[websocket.id] = websocket
 
     async def broadcast_json(
         self, data: Any, room: str | None = None, exclude: WebSocket | None = None
     ) -> None:
-        self._registry.broadcast_text(_json_text(data), room, _connection_of(exclude))
+        self._registry.broadcast_text(_json_text(data), room, exclude)
         await self._keep_up()
 
     async def broadcast_bytes(
         self, data: bytes, room: str | None = None, exclude: WebSocket | None = None
     ) -> None:
-        self._registry.broadcast_bytes(data, room, _connection_of(exclude))
+        self._registry.broadcast_bytes(data, room, exclude)
         await self._keep_up()
 
     async def send_to(self, connection_id: int, message: str | bytes) -> bool:
@@ -191,11 +191,11 @@ class ConnectionManager:
 
     def join(self, websocket: WebSocket, room: str) -> None:
         self._backend.ensure_started()
-        self._registry.join(websocket._connection, room)
+        self._registry.join(websocket, room)
         self._sockets[websocket.id] = websocket
 
     def leave(self, websocket: WebSocket, room: str) -> None:
-        self._registry.leave(websocket._connection, room)
+        self._registry.leave(websocket, room)
 
     def rooms(self) -> list[str]:
         return self._registry.rooms()
@@ -207,7 +207,7 @@ class ConnectionManager:
     @property
     def active_connections(self) -> list[WebSocket]:
         """The registered sockets still open, as in the docs' class."""
-        return [ws for ws in list(self._sockets.values()) if ws._connection in self._registry]
+        return [ws for ws in list(self._sockets.values()) if ws in self._registry]
 
     def stats(self) -> dict[str, int | str]:
         """This process's counters: ``members``, ``broadcasts``, ``delivered``, ``dropped``,
@@ -248,11 +248,7 @@ class ConnectionManager:
         return len(self._registry)
 
     def __contains__(self, websocket: WebSocket) -> bool:
-        return websocket._connection in self._registry
-
-
-def _connection_of(websocket: WebSocket | None) -> _engine.Connection | None:
-    return None if websocket is None else websocket._connection
+        return websocket in self._registry
 
 
 _live_managers: weakref.WeakSet[ConnectionManager] = weakref.WeakSet()

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .datastructures import URL, Address, Headers, QueryParams, State, parse_cookies
-from .proxies import NO_FORWARDING, Forwarding, Origin
+from .proxies import NO_FORWARDING, Forwarding, Origin, Source
 
 if TYPE_CHECKING:
     from . import _engine
@@ -31,11 +31,15 @@ class HTTPConnection(Mapping[str, Any]):
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
-    def __init__(self, raw: Any, app: Any, forwarding: Forwarding) -> None:
-        self._raw = raw
+    def __init__(self, app: Any, forwarding: Forwarding) -> None:
         self.app = app
         self._forwarding = forwarding
         self._path_params: dict[str, Any] | None = None
+
+    @property
+    def _raw(self) -> Source:
+        """The request as the engine read it (``proxies.Source``)."""
+        raise NotImplementedError
 
     @cached_property
     def state(self) -> State:
@@ -108,8 +112,12 @@ class Request(HTTPConnection):
     def __init__(
         self, http_request: _engine.HttpRequest, app: Any, forwarding: Forwarding = NO_FORWARDING
     ) -> None:
-        super().__init__(http_request, app, forwarding)
+        super().__init__(app, forwarding)
         self._http_request = http_request
+
+    @property
+    def _raw(self) -> _engine.HttpRequest:
+        return self._http_request
 
     @property
     def method(self) -> str:

@@ -107,7 +107,15 @@ class Server:
         if config.uds is not None:
             self._unix = UnixListener(config.uds, config.backlog)
             config = config.replace(uds=None, fd=self._unix.fileno())
-        engine = _engine.Server(table, self._on_websocket, self._on_http, self._on_log, config)
+        engine = _engine.Server(
+            table,
+            self._on_websocket,
+            self._on_http,
+            self._on_log,
+            config,
+            connection_class=WebSocket,
+            connection_args=(self.app, self._forwarding),
+        )
         # Engine lines below this level are dropped in Rust, never formatted or passed here.
         level = logger.getEffectiveLevel()
         engine.start(loop.create_future, loop.call_soon, loop.call_later, level)
@@ -166,10 +174,9 @@ class Server:
         if not forgets_itself:
             task.add_done_callback(self._tasks.discard)
 
-    def _on_websocket(self, route_id: int, connection: _engine.Connection) -> None:
-        websocket = WebSocket(connection, self.app, self._forwarding)
+    def _on_websocket(self, route_id: int, websocket: WebSocket) -> None:
         route = self._routes[route_id]
-        self._spawn(route.serve(websocket, self), connection.client, forgets_itself=True)
+        self._spawn(route.serve(websocket, self), websocket.raw_client, forgets_itself=True)
 
     def _on_http(self, route_id: int, http_request: _engine.HttpRequest) -> None:
         self._spawn(self._run_http(self._routes[route_id], http_request), http_request.client)
@@ -184,10 +191,9 @@ class Server:
         """A WebSocket endpoint raised ``exc`` (``WebSocketRoute.serve``)."""
         if isinstance(exc, WebSocketDisconnect):
             return
-        connection = websocket._connection
-        logger.error("Exception in WebSocket handler for %s", connection.path, exc_info=exc)
+        logger.error("Exception in WebSocket handler for %s", websocket.path, exc_info=exc)
         if websocket.application_state is WebSocketState.CONNECTING:
-            connection.reject(500)  # as an ASGI server answers an app failing early
+            websocket.reject(500)  # as an ASGI server answers an app failing early
         elif websocket.application_state is WebSocketState.CONNECTED:
             await websocket.close(1011, "internal error")
 
@@ -205,7 +211,6 @@ class Server:
     def _log_websocket_end(self, websocket: WebSocket) -> None:
         if not (self.config.access_log and access_logger.isEnabledFor(logging.INFO)):
             return
-        connection = websocket._connection
         client, path = websocket._origin.client_text, websocket._origin.path
         refusal = websocket.refusal
         if refusal is not None and refusal.code is not None:
@@ -217,7 +222,7 @@ class Server:
                 refusal.code,
                 refusal.reason or "(no reason)",
             )
-        elif connection.refused:
+        elif websocket.refused:
             status = refusal.status_code if refusal is not None else 500
             access_logger.info('%s - "WebSocket %s" %d', client, path, status)
         else:
@@ -225,7 +230,7 @@ class Server:
                 '%s - "WebSocket %s" closed (%s)',
                 client,
                 path,
-                connection.close_code,
+                websocket.close_code,
             )
 
     async def _run_http(self, route: Any, http_request: _engine.HttpRequest) -> None:

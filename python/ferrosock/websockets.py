@@ -1,8 +1,10 @@
 """``WebSocket``: Starlette's WebSocket API over ferrosock's engine.
 
-Every receive and send goes straight to the engine's ``Connection``, which returns an
-awaitable written in Rust: when a message is already waiting (or the outbox has room) the
-``await`` finishes on its first step, with no Future and no event-loop round trip.
+``WebSocket`` is a subclass of the engine's ``Connection``, which the engine makes for each
+upgraded socket. ``receive_text``, ``receive_bytes``, ``send_text`` and ``send_bytes`` are
+``Connection``'s own methods, written in Rust: a handler's call goes straight there, and
+returns an awaitable that, when a message is already waiting (or the outbox has room),
+finishes on its first step, with no Future and no event-loop round trip.
 """
 
 from __future__ import annotations
@@ -49,62 +51,90 @@ def _check_mode(mode: str) -> None:
 _CONNECTING = WebSocketState.CONNECTING.value
 
 
-class WebSocket(HTTPConnection):
+class _Handshake:
+    """A ``WebSocket``'s request as the engine read it, under the names ``HTTPConnection``
+    and ``proxies.Source`` read: the ``WebSocket``'s own ``headers``, ``client`` and
+    ``path_params`` are the parsed ones. Made when one of those is first parsed."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: _engine.Connection) -> None:
+        self._connection = connection
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return self._connection.raw_headers
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._connection.raw_client
+
+    @property
+    def path_params(self) -> dict[str, str]:
+        return self._connection.raw_path_params
+
+    @property
+    def path(self) -> str:
+        return self._connection.path
+
+    @property
+    def query_string(self) -> str:
+        return self._connection.query_string
+
+    @property
+    def scheme(self) -> str:
+        return self._connection.scheme
+
+    @property
+    def server(self) -> tuple[str, int] | None:
+        return self._connection.server
+
+
+# The engine's methods that ``WebSocket`` wraps under the same name.
+_engine_accept = _engine.Connection.accept
+_engine_receive = _engine.Connection.receive
+_engine_close = _engine.Connection.close
+
+
+class WebSocket(HTTPConnection, _engine.Connection):
     """One WebSocket connection, as a handler sees it; like Starlette's, also a read-only
-    mapping over its ``scope`` (``websocket["path"]``)."""
+    mapping over its ``scope`` (``websocket["path"]``). Made by the server only.
+
+    The engine's ``Connection`` supplies ``id``, ``subprotocols``, ``subprotocol``,
+    ``latency`` and the per-message methods: ``receive_text``, ``receive_bytes``,
+    ``send_text`` and ``send_bytes``. Past the server's ``outbox_limit`` a send's ``await``
+    waits for the client to take it below half; if the client takes nothing for
+    ``slow_consumer_timeout`` the socket is closed with 1013 and the send raises
+    ``WebSocketDisconnect``, as does any send once the socket has ended."""
 
     scope_type = "websocket"
 
-    def __init__(
-        self,
-        connection: _engine.Connection,
-        app: Any = None,
-        forwarding: Forwarding = NO_FORWARDING,
-    ) -> None:
-        super().__init__(connection, app, forwarding)
-        self._connection = connection
+    def __init__(self, app: Any = None, forwarding: Forwarding = NO_FORWARDING) -> None:
+        super().__init__(app, forwarding)
         self._connect_received = False
         self.refusal: Refusal | None = None
-        if type(self) is WebSocket:
-            # The per-message calls go straight to the engine: no Python frame in between.
-            # (A subclass keeps the methods below, so that its overrides still apply.)
-            self.receive_text = connection.receive_text  # type: ignore[method-assign]
-            self.receive_bytes = connection.receive_bytes  # type: ignore[method-assign]
-            self.send_text = connection.send_text  # type: ignore[method-assign]
-            self.send_bytes = connection.send_bytes  # type: ignore[method-assign]
 
     # ---- the handshake request ----
 
     @property
-    def id(self) -> int:
-        """The engine's id of this connection, unique across the cluster (``docs/scaling.md``)."""
-        return self._connection.id
+    def _raw(self) -> _Handshake:
+        return _Handshake(self)
+
+    @property
+    def _connection(self) -> WebSocket:
+        """The engine's ``Connection`` of this socket: the socket itself."""
+        return self
 
     def _scope_extras(self) -> dict[str, Any]:
-        return {"subprotocols": self._connection.subprotocols}
-
-    @property
-    def subprotocols(self) -> list[str]:
-        """The subprotocols the client offered."""
-        return self._connection.subprotocols
-
-    @property
-    def subprotocol(self) -> str | None:
-        """The subprotocol chosen in ``accept``."""
-        return self._connection.subprotocol
-
-    @property
-    def latency(self) -> float | None:
-        """The last ping round-trip in seconds (None until a pong came back)."""
-        return self._connection.latency
+        return {"subprotocols": self.subprotocols}
 
     @property
     def client_state(self) -> WebSocketState:
-        return _STATES[self._connection.client_state]
+        return _STATES[self.client_state_value]
 
     @property
     def application_state(self) -> WebSocketState:
-        return _STATES[self._connection.application_state]
+        return _STATES[self.application_state_value]
 
     # ---- the conversation ----
 
@@ -116,7 +146,7 @@ class WebSocket(HTTPConnection):
         extra = None
         if headers is not None:
             extra = [(_text(name), _text(value)) for name, value in headers]
-        accepted = self._connection.accept(subprotocol, extra)
+        accepted = _engine_accept(self, subprotocol, extra)
         self._connect_received = True  # receive() goes straight to the engine from now on
         if logger.isEnabledFor(logging.INFO):
             client, path = self._origin.client_text, self._origin.path
@@ -126,34 +156,28 @@ class WebSocket(HTTPConnection):
     def receive(self) -> Awaitable[dict[str, Any]]:
         """The next ASGI-style message. Before ``accept`` the first is
         ``{"type": "websocket.connect"}``, as in Starlette."""
-        if not self._connect_received and self._connection.application_state == _CONNECTING:
+        if not self._connect_received and self.application_state_value == _CONNECTING:
             self._connect_received = True
             return _ready({"type": "websocket.connect"})
-        return self._connection.receive()
-
-    def receive_text(self) -> Awaitable[str]:
-        return self._connection.receive_text()
-
-    def receive_bytes(self) -> Awaitable[bytes]:
-        return self._connection.receive_bytes()
+        return _engine_receive(self)
 
     async def receive_json(self, mode: str = "text") -> Any:
         _check_mode(mode)
         if mode == "text":
-            return json.loads(await self._connection.receive_text())
-        return json.loads((await self._connection.receive_bytes()).decode("utf-8"))
+            return json.loads(await self.receive_text())
+        return json.loads((await self.receive_bytes()).decode("utf-8"))
 
     async def iter_text(self) -> AsyncIterator[str]:
         try:
             while True:
-                yield await self._connection.receive_text()
+                yield await self.receive_text()
         except WebSocketDisconnect:
             pass
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         try:
             while True:
-                yield await self._connection.receive_bytes()
+                yield await self.receive_bytes()
         except WebSocketDisconnect:
             pass
 
@@ -164,23 +188,12 @@ class WebSocket(HTTPConnection):
         except WebSocketDisconnect:
             pass
 
-    def send_text(self, data: str) -> Awaitable[None]:
-        """Queue a text message. Past the server's ``outbox_limit`` the ``await`` waits
-        for the client to take it below half; if the client takes nothing for
-        ``slow_consumer_timeout`` the socket is closed with 1013 and this raises
-        ``WebSocketDisconnect``, as does any send once the socket has ended. The same
-        holds for ``send_bytes`` and ``send_json``."""
-        return self._connection.send_text(data)
-
-    def send_bytes(self, data: bytes) -> Awaitable[None]:
-        return self._connection.send_bytes(data)
-
     def send_json(self, data: Any, mode: str = "text") -> Awaitable[None]:
         _check_mode(mode)
         text = _json_text(data)
         if mode == "text":
-            return self._connection.send_text(text)
-        return self._connection.send_bytes(text.encode("utf-8"))
+            return self.send_text(text)
+        return self.send_bytes(text.encode("utf-8"))
 
     async def send(self, message: dict[str, Any]) -> None:
         """The ASGI-style send, for code written against Starlette's low-level API."""
@@ -207,26 +220,26 @@ class WebSocket(HTTPConnection):
     def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]:
         """Close with ``code``; before ``accept`` this refuses the handshake (HTTP 403, the
         code and reason are logged). A second close raises ``RuntimeError``."""
-        if self._connection.application_state == _CONNECTING:
+        if self.application_state_value == _CONNECTING:
             self._refuse(Refusal(403, code, reason or ""))
-        return self._connection.close(code, reason)
+        return _engine_close(self, code, reason)
 
     async def send_denial_response(self, response: Response) -> None:
         """Answer the handshake with ``response`` (status, headers, body) instead of the
         upgrade; only before ``accept``."""
-        if self._connection.application_state != _CONNECTING:
+        if self.application_state_value != _CONNECTING:
             raise RuntimeError(
                 "send_denial_response must be called before accept() and before close()"
             )
         self._refuse(Refusal(response.status_code))
-        self._connection.reject(response.status_code, response.raw_headers, response.body)
+        self.reject(response.status_code, response.raw_headers, response.body)
 
     def _refuse(self, refusal: Refusal) -> None:
         self.refusal = refusal
         report_refusal(self, refusal)
 
     def __repr__(self) -> str:
-        return f"<WebSocket {self.id} {self._connection.path}>"
+        return f"<WebSocket {self.id} {self.path}>"
 
 
 async def close_unless_closed(websocket: WebSocket, code: int, reason: str | None = None) -> None:
