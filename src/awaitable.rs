@@ -5,6 +5,11 @@
 //! `Op` tries its operation on its first step; only when it must wait does it create a loop
 //! future, store it on the connection and yield it to the task. `Server.drain` resolves that
 //! future when the IO side signals progress, and the task steps the `Op` again.
+//!
+//! Both also fill CPython's `am_send` slot (`install_send`), which `await` asks first: an
+//! operation that finishes at once hands its result back through it, and no StopIteration
+//! is made, raised and caught per message. `__next__` stays for everything else that
+//! iterates an awaitable by hand.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +46,14 @@ impl Done {
         stats::bump(&counter::fast_completions);
         None
     }
+}
+
+/// What one step of an awaitable came to.
+enum Step {
+    /// Hand this to the task (a future to wait for, or `None` for a bare yield).
+    Yield(Py<PyAny>),
+    /// The await is over, with this value (`None` for none).
+    Return(Py<PyAny>),
 }
 
 pub fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -95,7 +108,7 @@ impl Op {
     }
 
     /// Create a loop future, remember it on the connection, and hand it to the task.
-    fn park(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    fn park(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let future = self.hooks.create_future(py)?;
         future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         {
@@ -121,7 +134,7 @@ impl Op {
         }
         self.parked.store(true, Ordering::Relaxed);
         stats::bump(&counter::futures_created);
-        Ok(Some(future.unbind()))
+        Ok(future.unbind())
     }
 }
 
@@ -134,15 +147,25 @@ impl Op {
         slf
     }
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.step(py)? {
+            Step::Yield(value) => Ok(Some(value)),
+            Step::Return(value) if value.is_none(py) => Ok(None),
+            Step::Return(value) => Err(PyStopIteration::new_err((value,))),
+        }
+    }
+}
+
+impl Op {
+    fn step(&self, py: Python<'_>) -> PyResult<Step> {
         if self.yield_first.swap(false, Ordering::Relaxed) {
             stats::bump(&counter::yields);
             // A bare yield: asyncio's task reschedules itself with call_soon.
-            return Ok(Some(py.None()));
+            return Ok(Step::Yield(py.None()));
         }
         match self.kind {
             OpKind::Yield => {
                 self.finished();
-                Ok(None)
+                Ok(Step::Return(py.None()))
             }
             OpKind::SendDrain => {
                 if self.conn.send_may_continue() {
@@ -152,34 +175,90 @@ impl Op {
                         return Err(disconnect_error(py, &info.unwrap_or_else(lost)));
                     }
                     self.finished();
-                    Ok(None)
+                    Ok(Step::Return(py.None()))
                 } else {
-                    self.park(py)
+                    self.park(py).map(Step::Yield)
                 }
             }
             OpKind::Receive | OpKind::ReceiveText | OpKind::ReceiveBytes => {
                 match self.conn.try_receive() {
                     Received::Message(message) => {
                         self.finished();
-                        Err(stop_iteration(convert(py, self.kind, message)?))
+                        Ok(Step::Return(convert(py, self.kind, message)?))
                     }
                     Received::Ended(info) => {
                         self.conn.note_disconnect_delivered();
                         if self.kind == OpKind::Receive {
-                            Err(stop_iteration(disconnect_message(py, &info)?))
+                            Ok(Step::Return(disconnect_message(py, &info)?))
                         } else {
                             Err(disconnect_error(py, &info))
                         }
                     }
-                    Received::Empty => self.park(py),
+                    Received::Empty => self.park(py).map(Step::Yield),
                 }
             }
         }
     }
 }
 
-fn stop_iteration(value: Py<PyAny>) -> PyErr {
-    PyStopIteration::new_err((value,))
+/// Fill the `am_send` slot of `Op` and `Done` (see the module's comment). The stable ABI
+/// cannot reach a type's slots: there, awaits end with StopIteration as before.
+#[cfg(not(feature = "abi3"))]
+pub fn install_send(py: Python<'_>) {
+    // SAFETY: both are heap types that pyo3 made with an `am_await` slot, so their
+    // `tp_as_async` points to the type's own, writable methods; CPython caches no
+    // `am_send`, and this runs once, at import, before either type is used.
+    unsafe {
+        for (class, send) in [
+            (py.get_type::<Op>(), op_send as ffi::sendfunc),
+            (py.get_type::<Done>(), done_send as ffi::sendfunc),
+        ] {
+            let methods = (*class.as_type_ptr()).tp_as_async;
+            if !methods.is_null() {
+                (*methods).am_send = Some(send);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "abi3")]
+pub fn install_send(_py: Python<'_>) {}
+
+#[cfg(not(feature = "abi3"))]
+unsafe extern "C" fn op_send(
+    op: *mut ffi::PyObject,
+    _sent: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY: CPython calls a slot with the thread attached, and `op` is an `Op`: the slot
+    // is only installed on that type (a subclass is impossible, it is final).
+    let py = unsafe { Python::assume_attached() };
+    let op = unsafe { Bound::from_borrowed_ptr(py, op).cast_into_unchecked::<Op>() };
+    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.get().step(py)))
+        .unwrap_or_else(|_| Err(PyRuntimeError::new_err("ferrosock: an await panicked")));
+    let (status, value) = match step {
+        Ok(Step::Yield(value)) => (ffi::PySendResult::PYGEN_NEXT, value.into_ptr()),
+        Ok(Step::Return(value)) => (ffi::PySendResult::PYGEN_RETURN, value.into_ptr()),
+        Err(error) => {
+            error.restore(py);
+            (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
+        }
+    };
+    // SAFETY: CPython hands a place for the result.
+    unsafe { *result = value };
+    status
+}
+
+#[cfg(not(feature = "abi3"))]
+unsafe extern "C" fn done_send(
+    _done: *mut ffi::PyObject,
+    _sent: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    stats::bump(&counter::fast_completions);
+    // SAFETY: as in `op_send`; the result is a new reference to None.
+    unsafe { *result = Python::assume_attached().None().into_ptr() };
+    ffi::PySendResult::PYGEN_RETURN
 }
 
 fn convert(py: Python<'_>, kind: OpKind, message: Incoming) -> PyResult<Py<PyAny>> {

@@ -83,6 +83,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<registry::Registry>()?;
     module.add_class::<awaitable::Op>()?;
     module.add_class::<awaitable::Done>()?;
+    awaitable::install_send(module.py());
     module.add_function(wrap_pyfunction!(engine_stats, module)?)?;
     module.add_function(wrap_pyfunction!(engine_metrics, module)?)?;
     module.add_function(wrap_pyfunction!(server::check_tls, module)?)?;

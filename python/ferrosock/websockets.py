@@ -96,7 +96,9 @@ _engine_receive = _engine.Connection.receive
 _engine_close = _engine.Connection.close
 
 
-class WebSocket(HTTPConnection, _engine.Connection):
+# ``Connection`` first: the engine's methods check their ``self`` against it on every call,
+# and CPython's check walks the class's MRO until it finds it.
+class WebSocket(_engine.Connection, HTTPConnection):
     """One WebSocket connection, as a handler sees it; like Starlette's, also a read-only
     mapping over its ``scope`` (``websocket["path"]``). Made by the server only.
 
