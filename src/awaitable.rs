@@ -2,9 +2,10 @@
 //! when a message is already waiting.
 //!
 //! `Done` is one shared object whose first step ends the await (StopIteration, no value).
-//! `Op` tries its operation on its first step; only when it must wait does it create a loop
-//! future, store it on the connection and yield it to the task. `Server.drain` resolves that
-//! future when the IO side signals progress, and the task steps the `Op` again.
+//! `Op` tries its operation on its first step; only when it must wait does it make a
+//! `Waiter` (`waiter.rs`), store it on the connection and yield it to the task. The poller
+//! (or `Server.drain`, for progress made on another thread) wakes it, and the task steps
+//! the `Op` again.
 //!
 //! Both also fill CPython's `am_send` slot (`install_send`), which `await` asks first: an
 //! operation that finishes at once hands its result back through it, and no StopIteration
@@ -26,6 +27,7 @@ use crate::connection::{lost, CloseInfo, ConnShared, Incoming, Received};
 use crate::eventloop::LoopHooks;
 use crate::frame::Text;
 use crate::stats::{self, counter};
+use crate::waiter::Waiter;
 
 /// A connection that always finds its operation ready yields to the loop once every this
 /// many completions, so one busy socket cannot starve the others.
@@ -107,10 +109,9 @@ impl Op {
         }
     }
 
-    /// Create a loop future, remember it on the connection, and hand it to the task.
+    /// Make a `Waiter`, remember it on the connection, and hand it to the task.
     fn park(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let future = self.hooks.create_future(py)?;
-        future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+        let waiter = Py::new(py, Waiter::new(&self.hooks))?;
         {
             let mut waiters = self.conn.waiters.lock();
             let slot = if self.kind == OpKind::SendDrain {
@@ -118,23 +119,22 @@ impl Op {
             } else {
                 &mut waiters.receive
             };
-            if let Some(previous) = slot.as_ref() {
-                if !previous
+            if slot.as_ref().is_some_and(|previous| {
+                previous
                     .bind(py)
-                    .call_method0(intern!(py, "done"))?
-                    .is_truthy()?
-                {
-                    return Err(PyRuntimeError::new_err(
-                        "another coroutine is already waiting on this WebSocket; \
-                         receive (and send) from one task at a time",
-                    ));
-                }
+                    .cast::<Waiter>()
+                    .is_ok_and(|previous| previous.get().pending())
+            }) {
+                return Err(PyRuntimeError::new_err(
+                    "another coroutine is already waiting on this WebSocket; \
+                     receive (and send) from one task at a time",
+                ));
             }
-            *slot = Some(future.clone().unbind());
+            *slot = Some(waiter.clone_ref(py).into_any());
         }
         self.parked.store(true, Ordering::Relaxed);
         stats::bump(&counter::futures_created);
-        Ok(future.unbind())
+        Ok(waiter.into_any())
     }
 }
 

@@ -34,6 +34,7 @@ mod slow;
 mod socket;
 mod stats;
 mod tls;
+mod waiter;
 mod websocket;
 
 use pyo3::prelude::*;
@@ -83,6 +84,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<registry::Registry>()?;
     module.add_class::<awaitable::Op>()?;
     module.add_class::<awaitable::Done>()?;
+    module.add_class::<waiter::Waiter>()?;
     awaitable::install_send(module.py());
     module.add_function(wrap_pyfunction!(engine_stats, module)?)?;
     module.add_function(wrap_pyfunction!(engine_metrics, module)?)?;

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use parking_lot::Mutex;
-use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::bridge::{Bridge, LOG_INFO};
@@ -33,6 +32,7 @@ use crate::connection::{ConnShared, Incoming};
 use crate::protocol::{Action, Limits, Protocol};
 use crate::ratelimit::RateLimits;
 use crate::socket::Socket;
+use crate::waiter;
 
 /// Size of the poller's read buffer, shared by all its sockets.
 const SCRATCH: usize = 64 * 1024;
@@ -210,8 +210,8 @@ impl Poller {
         socket: Socket,
         rates: RateLimits,
     ) -> PyResult<()> {
-        let mut side = self.side.lock();
-        let side = &mut *side;
+        let mut guard = self.side.lock();
+        let side = &mut *guard;
         let adoption = Adoption {
             shared,
             socket,
@@ -219,7 +219,11 @@ impl Poller {
             rates,
         };
         self.start(side, adoption, Instant::now(), true);
-        self.finish_round(py, side)
+        let armed = self.finish_round(py, side);
+        let ready = std::mem::take(&mut side.to_resolve);
+        drop(guard);
+        // Inside the handler's task (its accept): the woken tasks run later.
+        self.wake(py, ready, false).and(armed)
     }
 
     /// Take over an upgraded socket (from any thread).
@@ -242,8 +246,8 @@ impl Poller {
     /// The loop's reader callback: serve every ready socket and nudge. The readiness of
     /// descriptors that are not sessions (`watch`) goes to `others`.
     pub fn poll(&self, py: Python<'_>, others: &mut Vec<(u64, u32)>) -> PyResult<()> {
-        let mut side = self.side.lock();
-        let side = &mut *side;
+        let mut guard = self.side.lock();
+        let side = &mut *guard;
         side.events.clear();
         // SAFETY: the buffer has room for EVENTS entries; timeout 0 never blocks.
         let n = unsafe {
@@ -290,13 +294,16 @@ impl Poller {
             }
             self.serve(side, token, now);
         }
-        self.finish_round(py, side)
+        let armed = self.finish_round(py, side);
+        let ready = std::mem::take(&mut side.to_resolve);
+        drop(guard);
+        self.wake(py, ready, true).and(armed)
     }
 
     /// `call_later`'s callback: run the sessions whose deadline has come.
     pub fn on_timer(&self, py: Python<'_>) -> PyResult<()> {
-        let mut side = self.side.lock();
-        let side = &mut *side;
+        let mut guard = self.side.lock();
+        let side = &mut *guard;
         side.armed = None;
         let now = Instant::now();
         while let Some(&Reverse((at, id))) = side.timers.peek() {
@@ -321,7 +328,31 @@ impl Poller {
                 self.serve(side, id, now);
             }
         }
-        self.finish_round(py, side)
+        let armed = self.finish_round(py, side);
+        let ready = std::mem::take(&mut side.to_resolve);
+        drop(guard);
+        self.wake(py, ready, true).and(armed)
+    }
+
+    /// Wake the receives parked on `ready` (see `waiter::wake` for `now`), with the loop
+    /// side unlocked: the tasks woken may call back into the engine. An error is reported
+    /// once every receive was woken.
+    fn wake(&self, py: Python<'_>, mut ready: Vec<Arc<ConnShared>>, now: bool) -> PyResult<()> {
+        let mut result = Ok(());
+        for conn in ready.drain(..) {
+            let waiter = conn.waiters.lock().receive.take();
+            if let Err(error) = waiter::wake(py, waiter, now) {
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
+        }
+        // Keep the buffer for the next round.
+        let mut side = self.side.lock();
+        if side.to_resolve.is_empty() {
+            side.to_resolve = ready;
+        }
+        result
     }
 
     /// Drop every socket (the loop is going away); their connections end with 1006.
@@ -456,14 +487,9 @@ impl Poller {
         session.shared.end(1006, "connection lost");
     }
 
-    /// After a round: resolve the receives that can finish, arm the timer for the earliest
-    /// deadline.
+    /// After a round: arm the timer for the earliest deadline (the receives that can
+    /// finish are woken once the loop side is unlocked).
     fn finish_round(&self, py: Python<'_>, side: &mut LoopSide) -> PyResult<()> {
-        for conn in side.to_resolve.drain(..) {
-            if let Some(future) = conn.waiters.lock().receive.take() {
-                resolve(py, future)?;
-            }
-        }
         // Drop stale heap entries from the top, then arm for the first live one.
         while let Some(&Reverse((at, id))) = side.timers.peek() {
             let live = if id == TRIM_TOKEN {
@@ -501,15 +527,6 @@ fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Finish a parked awaitable's future, unless its task was cancelled meanwhile.
-pub fn resolve(py: Python<'_>, future: Py<PyAny>) -> PyResult<()> {
-    let future = future.bind(py);
-    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
-        future.call_method1(intern!(py, "set_result"), (py.None(),))?;
-    }
-    Ok(())
 }
 
 impl Drop for Poller {

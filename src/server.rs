@@ -43,13 +43,14 @@ use crate::http1::{HttpAnswer, Stamp};
 use crate::http_limits;
 use crate::listener::{Ends, Listener, Stream};
 use crate::per_client::PerClient;
-use crate::poller::{self, Poller};
+use crate::poller::Poller;
 use crate::protocol::Limits;
 use crate::ratelimit::RateLimits;
 use crate::router::{percent_decode, Found, RouteSpec, Routes};
 use crate::socket::Socket;
 use crate::stats::{self, counter, Refusal};
 use crate::tls::{self, TlsSettings};
+use crate::waiter;
 use crate::websocket::Connection;
 
 type Body = Full<Bytes>;
@@ -227,20 +228,15 @@ impl Server {
         })
     }
 
-    /// Start listening; `create_future`, `call_soon` and `call_later` are the event
-    /// loop's, `log_level` the lowest level `on_log` is to be called for.
-    fn start(
-        slf: &Bound<'_, Self>,
-        create_future: Py<PyAny>,
-        call_soon: Py<PyAny>,
-        call_later: Py<PyAny>,
-        log_level: i32,
-    ) -> PyResult<()> {
+    /// Start listening on the running `event_loop`; `log_level` is the lowest level
+    /// `on_log` is to be called for.
+    fn start(slf: &Bound<'_, Self>, event_loop: Py<PyAny>, log_level: i32) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         this.state.log_level.store(log_level, Ordering::Relaxed);
         let flush = slf.getattr("flush")?.unbind();
-        this.state.hooks.set(create_future, call_soon, flush)?;
+        let call_later = event_loop.getattr(py, "call_later")?;
+        this.state.hooks.set(py, event_loop, flush)?;
         let on_timer = slf.getattr("on_timer")?.unbind();
         this.state.poller.set_timer(call_later, on_timer);
         this.listen(py)
@@ -248,7 +244,7 @@ impl Server {
 
     /// Serve the sockets that are ready (the loop calls it when `poll_fd` is readable).
     fn poll(&self, py: Python<'_>) -> PyResult<()> {
-        self.state.hooks.new_round();
+        let _round = self.state.hooks.round();
         let (mut ready, mut arrivals) = std::mem::take(&mut *self.gate_ready.lock());
         let polled = self.state.poller.poll(py, &mut ready);
         if !ready.is_empty() {
@@ -266,7 +262,7 @@ impl Server {
 
     /// Run the heartbeats and closing deadlines that are due (armed with `call_later`).
     fn on_timer(&self, py: Python<'_>) -> PyResult<()> {
-        self.state.hooks.new_round();
+        let _round = self.state.hooks.round();
         self.state.poller.on_timer(py)
     }
 
@@ -298,7 +294,7 @@ impl Server {
 
     fn drain(&self, py: Python<'_>) -> PyResult<()> {
         stats::bump(&counter::drains);
-        self.state.hooks.new_round();
+        let _round = self.state.hooks.round();
         let mut batch = std::mem::take(&mut *self.batch.lock());
         self.state.bridge.take(&mut batch);
         stats::add(&counter::events, batch.len() as u64);
@@ -405,8 +401,14 @@ impl Server {
 
     fn run(&self, py: Python<'_>, event: Event) -> PyResult<()> {
         match event {
-            Event::WakeReceive(conn) => resolve(py, conn.waiters.lock().receive.take()),
-            Event::WakeSend(conn) => resolve(py, conn.waiters.lock().send.take()),
+            Event::WakeReceive(conn) => {
+                let waiter = conn.waiters.lock().receive.take();
+                waiter::wake(py, waiter, true)
+            }
+            Event::WakeSend(conn) => {
+                let waiter = conn.waiters.lock().send.take();
+                waiter::wake(py, waiter, true)
+            }
             Event::WebSocket(shared, handshake) => {
                 let route_id = handshake.route_id;
                 let hooks = self.state.hooks.clone();
@@ -427,10 +429,6 @@ impl Server {
             }
         }
     }
-}
-
-fn resolve(py: Python<'_>, future: Option<Py<PyAny>>) -> PyResult<()> {
-    future.map_or(Ok(()), |future| poller::resolve(py, future))
 }
 
 /// Serve a connection the gate handed over (on an IO thread); its first request head may

@@ -10,10 +10,12 @@ The engine owns every socket. Python sees these kinds of object:
   ``X-Forwarded-For`` chain names (the engine and ``proxies.Forwarding`` share it).
 
 Awaitables returned by ``Connection`` methods finish on their first step when no wait is
-needed (data already in the inbox, room in the outbox); only a real wait parks on a loop
-future.
+needed (data already in the inbox, room in the outbox); only a real wait parks, on a
+``Waiter``.
 """
 
+import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Self, final
 
@@ -44,18 +46,12 @@ class Server:
         when a class is given); ``on_log`` with a ``logging`` level and a message the IO threads
         produced. ``config`` is read by attribute name, so each setting's default lives
         in ``Config`` only."""
-    def start(
-        self,
-        create_future: Callable[[], Any],
-        call_soon: Callable[..., Any],
-        call_later: Callable[..., Any],
-        log_level: int,
-    ) -> None:
-        """Bind and start serving. ``create_future``, ``call_soon`` and ``call_later`` are
-        the running loop's: the first is called only when an awaitable must park, the
-        second schedules ``flush`` once per round of sends, the third arms ``on_timer``
-        for the earliest heartbeat or closing deadline. Engine log lines below
-        ``log_level`` are dropped before they are formatted."""
+    def start(self, event_loop: asyncio.AbstractEventLoop, log_level: int) -> None:
+        """Bind and start serving on the running ``event_loop``: its ``call_soon``
+        schedules ``flush`` when a handler the loop resumed sent more than one message,
+        its ``call_later`` arms ``on_timer`` for the earliest heartbeat or closing
+        deadline. Engine log lines below ``log_level`` are dropped before they are
+        formatted."""
     @property
     def port(self) -> int: ...
     @property
@@ -241,9 +237,26 @@ class Done:
 @final
 class Op:
     """The awaitable of a receive or send: finishes on its first step when the inbox has a
-    message or the outbox has room, else parks on a loop future."""
+    message or the outbox has room, else parks on a ``Waiter``."""
     def __await__(self) -> Op: ...
     def __next__(self) -> Any: ...
+
+@final
+class Waiter:
+    """What a parked ``Op`` hands its task: a future woken by the engine, which runs the
+    task's wake-up at once when it is woken from a loop callback."""
+
+    _asyncio_future_blocking: bool
+    def get_loop(self) -> asyncio.AbstractEventLoop: ...
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def result(self) -> None: ...
+    def exception(self) -> None: ...
+    def add_done_callback(
+        self, callback: Callable[[Waiter], object], *, context: contextvars.Context | None = None
+    ) -> None: ...
+    def remove_done_callback(self, callback: Callable[[Waiter], object]) -> int: ...
+    def cancel(self, msg: object = None) -> bool: ...
 
 def check_tls(config: Config) -> None:
     """Raise ValueError, naming the setting and the file, if the ``ssl_*`` settings do

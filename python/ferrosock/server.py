@@ -118,7 +118,7 @@ class Server:
         )
         # Engine lines below this level are dropped in Rust, never formatted or passed here.
         level = logger.getEffectiveLevel()
-        engine.start(loop.create_future, loop.call_soon, loop.call_later, level)
+        engine.start(loop, level)
         loop.add_reader(engine.ready_fd, engine.drain)
         loop.add_reader(engine.poll_fd, engine.poll)
         self.port = engine.port
