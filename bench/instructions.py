@@ -2,11 +2,11 @@
 
 CPU time on a shared machine moves 20-40% between runs; instruction counts do not. This
 runs an echo server under ``valgrind --tool=callgrind`` (one IO thread, no pings, no access
-log, asyncio's loop, a fixed hash seed) and drives it from this process with the
-``websockets`` client: a warm-up, then ``LOW`` or ``HIGH`` messages per connection, one in
-flight on each. The server's instruction total of the ``LOW`` run is taken from that of the
-``HIGH`` run, so start-up, warm-up and shutdown cancel out, and what is left is divided by
-the messages that made the difference.
+log, asyncio's loop or ``--loop uvloop``, a fixed hash seed) and drives it from this
+process with the ``websockets`` client: a warm-up, then ``LOW`` or ``HIGH`` messages per
+connection, one in flight on each. The server's instruction total of the ``LOW`` run is
+taken from that of the ``HIGH`` run, so start-up, warm-up and shutdown cancel out, and
+what is left is divided by the messages that made the difference.
 
     python3 bench/instructions.py VENV_A/bin/python VENV_B/bin/python --repeat 2
 
@@ -80,7 +80,9 @@ def wait_until_listening(server: subprocess.Popen[str], port: int) -> None:
             time.sleep(0.5)
 
 
-def instructions(python: str, workdir: Path, connections: int, messages: int, size: int) -> int:
+def instructions(
+    python: str, workdir: Path, connections: int, messages: int, size: int, loop: str
+) -> int:
     """The server's user-space instruction total for one run of ``messages`` echoes."""
     port = free_port()
     out = workdir / f"callgrind.{port}"
@@ -104,7 +106,7 @@ def instructions(python: str, workdir: Path, connections: int, messages: int, si
             "--log-level",
             "warning",
             "--loop",
-            "asyncio",
+            loop,
         ],
         cwd=workdir,
         env=dict(os.environ, PYTHONHASHSEED="0"),
@@ -133,17 +135,19 @@ def main() -> None:
     parser.add_argument("--low", type=int, default=1000, help="messages per connection, short run")
     parser.add_argument("--high", type=int, default=6000, help="messages per connection, long run")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         (workdir / "echo_app.py").write_text(ECHO_APP)
         for _ in range(args.repeat):
             for python in args.pythons:
-                low = instructions(python, workdir, args.connections, args.low, args.size)
-                high = instructions(python, workdir, args.connections, args.high, args.size)
+                counted = (workdir, args.connections)
+                low = instructions(python, *counted, args.low, args.size, args.loop)
+                high = instructions(python, *counted, args.high, args.size, args.loop)
                 per = (high - low) / ((args.high - args.low) * args.connections)
                 print(
-                    f"{python}: {args.connections} connection(s), {args.size} B: "
+                    f"{python}: {args.connections} connection(s), {args.size} B, {args.loop}: "
                     f"{per:.0f} instructions per echoed message",
                     flush=True,
                 )

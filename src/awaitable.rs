@@ -78,7 +78,8 @@ pub enum OpKind {
     Yield,
 }
 
-#[pyclass(frozen, module = "ferrosock._engine")]
+/// Kept on a free list: one is made per receive.
+#[pyclass(frozen, freelist = 256, module = "ferrosock._engine")]
 pub struct Op {
     conn: Arc<ConnShared>,
     hooks: Arc<LoopHooks>,
