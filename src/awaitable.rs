@@ -78,8 +78,7 @@ pub enum OpKind {
     Yield,
 }
 
-/// Kept on a free list: one is made per receive.
-#[pyclass(frozen, freelist = 256, module = "ferrosock._engine")]
+#[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Op {
     conn: Arc<ConnShared>,
     hooks: Arc<LoopHooks>,

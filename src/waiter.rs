@@ -56,8 +56,7 @@ impl Callbacks {
     }
 }
 
-/// Kept on a free list: one is made per parked receive.
-#[pyclass(frozen, freelist = 256, module = "ferrosock._engine")]
+#[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Waiter {
     hooks: Arc<LoopHooks>,
     /// `PENDING`, `DONE` or `CANCELLED`; only the loop thread changes it.
