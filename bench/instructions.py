@@ -142,9 +142,10 @@ def main() -> None:
         (workdir / "echo_app.py").write_text(ECHO_APP)
         for _ in range(args.repeat):
             for python in args.pythons:
-                counted = (workdir, args.connections)
-                low = instructions(python, *counted, args.low, args.size, args.loop)
-                high = instructions(python, *counted, args.high, args.size, args.loop)
+                low, high = (
+                    instructions(python, workdir, args.connections, n, args.size, args.loop)
+                    for n in (args.low, args.high)
+                )
                 per = (high - low) / ((args.high - args.low) * args.connections)
                 print(
                     f"{python}: {args.connections} connection(s), {args.size} B, {args.loop}: "

@@ -99,10 +99,7 @@ impl Waiter {
             let ran = match now.then(|| run_in(py, context.as_ref(), &callback, &arg)) {
                 Some(Some(ran)) => ran,
                 // Not now, or the context is in use: as a loop future would.
-                _ => slf
-                    .get()
-                    .hooks
-                    .call_soon(py, &callback, &arg, context.as_ref()),
+                _ => this.hooks.call_soon(py, &callback, &arg, context.as_ref()),
             };
             if let Err(error) = ran {
                 first_error.get_or_insert(error);

@@ -39,7 +39,8 @@ async def timeout(websocket: WebSocket):
 async def cancelled(websocket: WebSocket):
     await websocket.accept()
     waiting = asyncio.ensure_future(websocket.receive_text())
-    await asyncio.sleep(0.1)
+    # One turn of the loop: the task scheduled above runs first and parks its receive.
+    await asyncio.sleep(0)
     waiting.cancel()
     try:
         await waiting
