@@ -1,8 +1,9 @@
 """Paired before/after runs of two ferrosock builds, alternating, one window each.
 
-    python3 bench/pairs.py PYTHON_A PYTHON_B PAIRS WORKLOAD [loadgen options...]
+    python3 bench/pairs.py [--native] PYTHON_A PYTHON_B PAIRS WORKLOAD [loadgen options...]
 
-Each round starts the benchmark app (``bench/apps/ferrosock_app.py``) under one build's
+Each round starts the benchmark app (``bench/apps/ferrosock_app.py``; with ``--native``
+its ``native_app``, whose manager is ferrosock's own) under one build's
 Python pinned to CPU 0, runs ``bench/target/release/loadgen WORKLOAD`` pinned to CPU 1
 against it, and stops it; A and B alternate, so both see the same stretch of a noisy
 machine. Prints server CPU µs per operation, throughput and p50 for each window, and the
@@ -28,9 +29,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def window(python: str, workload: str, options: list[str]) -> dict:
+def window(python: str, app_name: str, workload: str, options: list[str]) -> dict:
     port = free_port()
-    app = ["-m", "ferrosock", "run", "ferrosock_app:app", "--app-dir", str(BENCH / "apps")]
+    app = ["-m", "ferrosock", "run", f"ferrosock_app:{app_name}", "--app-dir", str(BENCH / "apps")]
     listen = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     server = subprocess.Popen(["taskset", "-c", "0", python, *app, *listen, "--backlog", "4096"])
     try:
@@ -54,13 +55,17 @@ def window(python: str, workload: str, options: list[str]) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) < 5:
+    args = sys.argv[1:]
+    app_name = "app"
+    if args[:1] == ["--native"]:
+        app_name, args = "native_app", args[1:]
+    if len(args) < 4:
         raise SystemExit(__doc__)
-    builds, pairs, workload, options = sys.argv[1:3], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+    builds, pairs, workload, options = args[0:2], int(args[2]), args[3], args[4:]
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     for _ in range(pairs):
         for name, python in zip(("A", "B"), builds, strict=True):
-            report = window(python, workload, options)
+            report = window(python, app_name, workload, options)
             ticks = report["cpu"]["server_ticks"] * 1e6 / report["cpu"]["clk_tck"]
             per_op = ticks / max(report["ops"], 1)
             cpu[name].append(per_op)

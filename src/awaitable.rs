@@ -201,13 +201,16 @@ impl Op {
     }
 }
 
-/// Fill the `am_send` slot of `Op` and `Done` (see the module's comment). The stable ABI
-/// cannot reach a type's slots: there, awaits end with StopIteration as before.
+/// Fill the `am_send` slot of `Op` and `Done` (see the module's comment), and make their
+/// `am_await` a plain C function that returns the object itself: pyo3's own runs through
+/// its trampoline (thread-local bookkeeping and an unwind guard) twice per message, for an
+/// await that does nothing. The stable ABI cannot reach a type's slots: there, awaits end
+/// with StopIteration as before.
 #[cfg(not(feature = "abi3"))]
 pub fn install_send(py: Python<'_>) {
     // SAFETY: both are heap types that pyo3 made with an `am_await` slot, so their
-    // `tp_as_async` points to the type's own, writable methods; CPython caches no
-    // `am_send`, and this runs once, at import, before either type is used.
+    // `tp_as_async` points to the type's own, writable methods; CPython caches neither
+    // slot, and this runs once, at import, before either type is used.
     unsafe {
         for (class, send) in [
             (py.get_type::<Op>(), op_send as ffi::sendfunc),
@@ -216,9 +219,18 @@ pub fn install_send(py: Python<'_>) {
             let methods = (*class.as_type_ptr()).tp_as_async;
             if !methods.is_null() {
                 (*methods).am_send = Some(send);
+                (*methods).am_await = Some(await_itself);
             }
         }
     }
+}
+
+/// `am_await` of `Op` and `Done`: the object is its own iterator (a new reference).
+#[cfg(not(feature = "abi3"))]
+unsafe extern "C" fn await_itself(object: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a slot with the thread attached and a live object.
+    unsafe { ffi::Py_INCREF(object) };
+    object
 }
 
 #[cfg(feature = "abi3")]

@@ -99,11 +99,19 @@ const MESSAGE_FLOOR: usize = 16;
 /// Queue slots an inbox or outbox keeps once a burst has drained.
 const IDLE_QUEUE_CAPACITY: usize = 16;
 
-/// Queue `item`; a queue without a buffer gets room for one only (`push_back` would make
-/// four): most sockets hold one message at a time, and idle ones are the many.
+/// Queue `item`. A queue without a buffer gets room for one only (`push_back` would make
+/// four): most sockets hold one message at a time, and idle ones are the many. A second
+/// message means a burst: it gets `IDLE_QUEUE_CAPACITY` slots at once instead of growing
+/// through 2, 4 and 8, a reallocation each.
 fn push_back<T>(queue: &mut VecDeque<T>, item: T) {
-    if queue.capacity() == 0 {
-        queue.reserve_exact(1);
+    let capacity = queue.capacity();
+    if queue.len() == capacity {
+        let wanted = if capacity == 0 {
+            1
+        } else {
+            IDLE_QUEUE_CAPACITY.max(2 * capacity)
+        };
+        queue.reserve_exact(wanted - queue.len());
     }
     queue.push_back(item);
 }
@@ -297,15 +305,23 @@ impl ConnShared {
         self.inbox.lock().bytes >= self.buffers.inbox_limit
     }
 
-    /// Called by the driver for each data message; returns whether a receive is parked
-    /// on it (the driver then resolves its future).
-    pub fn deliver(&self, message: Incoming) -> bool {
-        stats::bump(&counter::messages_received);
-        stats::add(&counter::bytes_received, message.len() as u64);
+    /// Called by the driver with the data messages one read decoded, in order: one lock
+    /// and one count for them all. Returns whether a receive is parked on them (the
+    /// driver then resolves its future).
+    pub fn deliver(&self, messages: impl Iterator<Item = Incoming>) -> bool {
         let mut inbox = self.inbox.lock();
-        inbox.bytes += message.size();
-        push_back(&mut inbox.queue, message);
-        std::mem::take(&mut inbox.receiver_waiting)
+        let (mut count, mut bytes) = (0, 0);
+        for message in messages {
+            count += 1;
+            bytes += message.len() as u64;
+            inbox.bytes += message.size();
+            push_back(&mut inbox.queue, message);
+        }
+        let parked = count > 0 && std::mem::take(&mut inbox.receiver_waiting);
+        drop(inbox);
+        stats::add(&counter::messages_received, count);
+        stats::add(&counter::bytes_received, bytes);
+        parked
     }
 
     /// Called by Python: the next message, the end, or `Empty` (and then the caller parks).

@@ -101,9 +101,14 @@ impl LoopHooks {
     /// Write what handlers sent since the last flush; the next send starts a new round.
     pub fn flush(&self) {
         self.wrote_this_round.store(false, Ordering::Relaxed);
-        let to_flush = std::mem::take(&mut *self.to_flush.lock());
-        for conn in to_flush {
+        let mut to_flush = std::mem::take(&mut *self.to_flush.lock());
+        for conn in to_flush.drain(..) {
             conn.flush_from_loop();
+        }
+        // Keep the list's buffer for the next round, unless a send made one meanwhile.
+        let mut list = self.to_flush.lock();
+        if list.is_empty() {
+            *list = to_flush;
         }
     }
 }

@@ -671,15 +671,14 @@ impl Session {
     ) -> bool {
         let shared = &self.shared;
         let mut alive = true;
-        for action in actions.drain(..) {
+        let mut actions = actions.drain(..).peekable();
+        while let Some(action) = actions.next() {
             match action {
-                Action::Text(text) => {
-                    if shared.deliver(Incoming::Text(text)) {
-                        to_resolve.push(shared.clone());
-                    }
-                }
-                Action::Binary(data) => {
-                    if shared.deliver(Incoming::Binary(data)) {
+                Action::Text(_) | Action::Binary(_) => {
+                    // This message and the ones right behind it go in together.
+                    let first = std::iter::once(action);
+                    let rest = std::iter::from_fn(|| actions.next_if(is_message));
+                    if shared.deliver(first.chain(rest).filter_map(into_message)) {
                         to_resolve.push(shared.clone());
                     }
                 }
@@ -706,5 +705,18 @@ impl Session {
             }
         }
         alive
+    }
+}
+
+/// A data message for the handler.
+fn is_message(action: &Action) -> bool {
+    matches!(action, Action::Text(_) | Action::Binary(_))
+}
+
+fn into_message(action: Action) -> Option<Incoming> {
+    match action {
+        Action::Text(text) => Some(Incoming::Text(text)),
+        Action::Binary(data) => Some(Incoming::Binary(data)),
+        _ => None,
     }
 }
