@@ -12,7 +12,7 @@
 //! is made, raised and caught per message. `__next__` stays for everything else that
 //! iterates an awaitable by hand.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
@@ -67,6 +67,7 @@ pub fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum OpKind {
     Receive,
     ReceiveText,
@@ -78,11 +79,24 @@ pub enum OpKind {
     Yield,
 }
 
+impl OpKind {
+    fn from_u8(kind: u8) -> Self {
+        match kind {
+            0 => OpKind::Receive,
+            1 => OpKind::ReceiveText,
+            2 => OpKind::ReceiveBytes,
+            3 => OpKind::SendDrain,
+            _ => OpKind::Yield,
+        }
+    }
+}
+
 #[pyclass(frozen, module = "ferrosock._engine")]
 pub struct Op {
     conn: Arc<ConnShared>,
     hooks: Arc<LoopHooks>,
-    kind: OpKind,
+    /// An `OpKind`; set again when the connection reuses this `Op` (`reuse`).
+    kind: AtomicU8,
     yield_first: AtomicBool,
     parked: AtomicBool,
 }
@@ -97,10 +111,29 @@ impl Op {
         Self {
             conn,
             hooks: hooks.clone(),
-            kind,
+            kind: AtomicU8::new(kind as u8),
             yield_first: AtomicBool::new(yield_first),
             parked: AtomicBool::new(false),
         }
+    }
+
+    fn kind(&self) -> OpKind {
+        OpKind::from_u8(self.kind.load(Ordering::Relaxed))
+    }
+
+    /// `op` again, as a new `kind` of operation, if nothing but `op` itself refers to it
+    /// (the await that used it is over); `None` if it is still held. A connection keeps
+    /// its receive's `Op` this way instead of allocating one per message.
+    pub fn reuse(py: Python<'_>, op: &Py<Op>, kind: OpKind, yield_first: bool) -> Option<Py<Op>> {
+        // SAFETY: a live object; with the thread attached its count cannot change under us.
+        if unsafe { pyo3::ffi::Py_REFCNT(op.as_ptr()) } != 1 {
+            return None;
+        }
+        let this = op.get();
+        this.kind.store(kind as u8, Ordering::Relaxed);
+        this.yield_first.store(yield_first, Ordering::Relaxed);
+        this.parked.store(false, Ordering::Relaxed);
+        Some(op.clone_ref(py))
     }
 
     fn finished(&self) {
@@ -114,7 +147,7 @@ impl Op {
         let waiter = Py::new(py, Waiter::new(&self.hooks))?;
         {
             let mut waiters = self.conn.waiters.lock();
-            let slot = if self.kind == OpKind::SendDrain {
+            let slot = if self.kind() == OpKind::SendDrain {
                 &mut waiters.send
             } else {
                 &mut waiters.receive
@@ -162,7 +195,8 @@ impl Op {
             // A bare yield: asyncio's task reschedules itself with call_soon.
             return Ok(Step::Yield(py.None()));
         }
-        match self.kind {
+        let kind = self.kind();
+        match kind {
             OpKind::Yield => {
                 self.finished();
                 Ok(Step::Return(py.None()))
@@ -184,11 +218,11 @@ impl Op {
                 match self.conn.try_receive() {
                     Received::Message(message) => {
                         self.finished();
-                        Ok(Step::Return(convert(py, self.kind, message)?))
+                        Ok(Step::Return(convert(py, kind, message)?))
                     }
                     Received::Ended(info) => {
                         self.conn.note_disconnect_delivered();
-                        if self.kind == OpKind::Receive {
+                        if kind == OpKind::Receive {
                             Ok(Step::Return(disconnect_message(py, &info)?))
                         } else {
                             Err(disconnect_error(py, &info))

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use crate::awaitable::{disconnect_error, done, Op, OpKind, FAIR_BATCH};
@@ -53,6 +54,8 @@ pub struct Connection {
     subprotocol: Mutex<Option<Box<str>>>,
     /// Operations finished without waiting since the last wait or fairness yield.
     streak: AtomicU32,
+    /// The `Op` receives reuse while no await holds it (`Op::reuse`).
+    receive: PyOnceLock<Py<Op>>,
 }
 
 impl Connection {
@@ -73,6 +76,7 @@ impl Connection {
             app_state: AtomicU8::new(CONNECTING),
             subprotocol: Mutex::new(None),
             streak: AtomicU32::new(0),
+            receive: PyOnceLock::new(),
         }
     }
 
@@ -131,13 +135,20 @@ impl Connection {
                 "Cannot call \"receive\" once a disconnect message has been received.",
             ));
         }
-        let op = Op::new(
-            self.shared.clone(),
-            &self.hooks,
-            kind,
-            self.fairness_yield(),
-        );
-        Ok(Py::new(py, op)?.into_any())
+        let yield_first = self.fairness_yield();
+        let new_op = || {
+            Py::new(
+                py,
+                Op::new(self.shared.clone(), &self.hooks, kind, yield_first),
+            )
+        };
+        let kept = self.receive.get_or_try_init(py, new_op)?;
+        let op = match Op::reuse(py, kept, kind, yield_first) {
+            Some(op) => op,
+            // Its last await still holds it (or someone kept the awaitable): a fresh one.
+            None => new_op()?,
+        };
+        Ok(op.into_any())
     }
 
     fn send(&self, py: Python<'_>, frame: OutFrame) -> PyResult<Py<PyAny>> {

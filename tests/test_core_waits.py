@@ -2,6 +2,7 @@
 and timeouts, cancellation and closes from other handlers behave as with loop futures."""
 
 import asyncio
+import json
 
 import pytest
 from core_support import recv
@@ -37,6 +38,14 @@ async def test_a_cancelled_receive_loses_no_message(server):
         assert await recv(ws) == "cancelled"
         await ws.send("after")
         assert await recv(ws) == "then after"
+
+
+async def test_receives_made_before_they_are_awaited_each_take_one_message(server):
+    async with connect(server.ws_url("/held"), open_timeout=10) as ws:
+        await ws.send("one")
+        await ws.send(b"two")
+        await ws.send("three")
+        assert json.loads(await recv(ws)) == {"texts": ["one", "two", "three"], "distinct": True}
 
 
 async def test_a_woken_handler_can_close_another_parked_socket(server):

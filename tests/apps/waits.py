@@ -1,7 +1,7 @@
 """The app behind tests/test_core_waits.py: handlers whose receives park and are woken by
 the engine while other things happen around them: a context variable set per
 connection, timeouts and cancellation around a parked receive, one handler closing
-another's socket while that one waits."""
+another's socket while that one waits, awaitables made before they are awaited."""
 
 import asyncio
 import contextvars
@@ -47,6 +47,17 @@ async def cancelled(websocket: WebSocket):
     except asyncio.CancelledError:
         await websocket.send_text("cancelled")
     await websocket.send_text("then " + await websocket.receive_text())
+
+
+@app.websocket("/held")
+async def held(websocket: WebSocket):
+    await websocket.accept()
+    # Two receives made before either is awaited are two operations, whatever the
+    # engine reuses; a receive of another kind in between takes its own message.
+    first = websocket.receive_text()
+    second = websocket.receive_text()
+    texts = [await first, (await websocket.receive_bytes()).decode(), await second]
+    await websocket.send_json({"texts": texts, "distinct": first is not second})
 
 
 @app.websocket("/parked/{name}")
