@@ -467,12 +467,23 @@ impl ConnShared {
     /// nothing was queued before it: the caller writes it (`write_now`), once for all it
     /// offered in a burst.
     pub fn offer(self: &Arc<Self>, frame: OutFrame, size: usize) -> Offer {
+        self.offer_within(frame, size, false)
+    }
+
+    /// `offer`, but `Full` whenever the frame would take the outbox over its limit, even
+    /// an empty one: for a burst of messages offered as one, which a member takes whole
+    /// or is offered one by one.
+    pub fn offer_whole(self: &Arc<Self>, frame: OutFrame, size: usize) -> Offer {
+        self.offer_within(frame, size, true)
+    }
+
+    fn offer_within(self: &Arc<Self>, frame: OutFrame, size: usize, whole: bool) -> Offer {
         if self.is_closing() {
             return Offer::Ended;
         }
         let limit = self.buffers.outbox_limit;
         let queued = self.outbox_bytes.load(Ordering::Acquire);
-        if queued + size > limit && queued > 0 {
+        if queued + size > limit && (queued > 0 || whole) {
             return Offer::Full;
         }
         if self.push(frame).1 {

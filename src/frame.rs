@@ -558,6 +558,23 @@ impl OutFrame {
         Self::new(OP_CLOSE, payload.into())
     }
 
+    /// Frames already encoded, back to back (`wire`), queued and written as one: a burst
+    /// of broadcasts goes to each member as one slice of bytes. Its "opcode" is none
+    /// (no FIN bit either): it is neither a close nor started.
+    pub fn encoded(wire: Bytes) -> Self {
+        Self {
+            head: [0; 10],
+            head_len: 0,
+            payload: wire,
+        }
+    }
+
+    /// Append the frame's bytes on the wire to `wire`.
+    pub fn encode_into(&self, wire: &mut Vec<u8>) {
+        wire.extend_from_slice(self.head());
+        wire.extend_from_slice(&self.payload);
+    }
+
     /// What is left to write after the first `n` bytes went out, as a headerless frame.
     pub fn after(&self, n: usize) -> Self {
         let head = self.head();
@@ -569,9 +586,12 @@ impl OutFrame {
         } else {
             self.payload.slice(n - head.len()..)
         };
+        let mut head = self.head;
+        // Keep the opcode for `is_close`; a zero header length writes no header, and the
+        // FIN bit marks it started (an `encoded` frame has none until now).
+        head[0] |= 0x80;
         Self {
-            // Keep the opcode for `is_close`; a zero header length writes no header.
-            head: self.head,
+            head,
             head_len: 0,
             payload: rest,
         }
@@ -583,7 +603,7 @@ impl OutFrame {
 
     /// Part of the frame is on the wire already (it was cut by `after`).
     pub fn is_started(&self) -> bool {
-        self.head_len == 0
+        self.head_len == 0 && self.head[0] & 0x80 != 0
     }
 
     pub fn is_close(&self) -> bool {
@@ -917,6 +937,25 @@ pub(crate) mod tests {
             Text::new(Bytes::from_static(b"\xC3")).unwrap_err(),
             Violation::InvalidUtf8
         );
+    }
+
+    #[test]
+    fn encoded_frames_are_written_as_they_are() {
+        let mut wire = Vec::new();
+        OutFrame::text(Bytes::from_static(b"one")).encode_into(&mut wire);
+        OutFrame::binary(vec![7; 300].into()).encode_into(&mut wire);
+        let burst = OutFrame::encoded(wire.clone().into());
+        assert_eq!(burst.head(), b"");
+        assert_eq!(&burst.payload[..], &wire[..]);
+        assert_eq!(burst.wire_len(), 5 + 304);
+        assert!(!burst.is_started() && !burst.is_close());
+        let rest = burst.after(4);
+        assert!(rest.is_started() && !rest.is_close());
+        assert_eq!(&rest.payload[..], &wire[4..]);
+        assert!(OutFrame::text(Bytes::from_static(b"x"))
+            .after(1)
+            .is_started());
+        assert!(!OutFrame::text(Bytes::from_static(b"x")).is_started());
     }
 
     #[test]

@@ -61,6 +61,25 @@ struct Members {
 }
 
 impl Members {
+    /// Call `f` with each member `target` names.
+    fn each(&self, target: &Target, mut f: impl FnMut(&Arc<ConnShared>)) {
+        match target {
+            Target::All => self.by_id.values().for_each(|m| f(&m.conn)),
+            Target::Room(room) => {
+                if let Some(ids) = self.rooms.get(room) {
+                    ids.iter()
+                        .filter_map(|id| self.by_id.get(id))
+                        .for_each(|m| f(&m.conn));
+                }
+            }
+            Target::One(id) => {
+                if let Some(member) = self.by_id.get(id) {
+                    f(&member.conn);
+                }
+            }
+        }
+    }
+
     /// Remove a member; returns it and the rooms it left empty.
     fn remove(&mut self, id: u64) -> Option<(Member, Vec<String>)> {
         let member = self.by_id.remove(&id)?;
@@ -170,8 +189,14 @@ impl RegistryInner {
             write_offered(to_write);
             self.wait_for(waiting, &delivery.frame, delivery.size).await;
         }
+        self.release_backlog(delivery.size);
+    }
+
+    /// A delivery of `size` bytes is done with: publishers waiting on the backlog may go
+    /// on once it is down to half its limit.
+    fn release_backlog(&self, size: usize) {
         // SeqCst with the flag: `await_backlog` stores the flag, then reads the backlog.
-        let left = self.backlog.fetch_sub(delivery.size, Ordering::SeqCst) - delivery.size;
+        let left = self.backlog.fetch_sub(size, Ordering::SeqCst) - size;
         if left <= self.backlog_limit / 2
             && self.publishers_waiting.load(Ordering::SeqCst)
             && self.publishers_waiting.swap(false, Ordering::SeqCst)
@@ -219,8 +244,19 @@ impl RegistryInner {
     }
 
     fn count(&self, frame: &OutFrame, delivered: u64, dropped: u64, closed: u64) {
+        self.count_bytes(
+            delivered * frame.payload.len() as u64,
+            delivered,
+            dropped,
+            closed,
+        );
+    }
+
+    /// Count messages delivered (and `bytes` of payload with them), dropped, and members
+    /// closed for being slow.
+    fn count_bytes(&self, bytes: u64, delivered: u64, dropped: u64, closed: u64) {
         stats::add(&counter::messages_sent, delivered);
-        stats::add(&counter::bytes_sent, delivered * frame.payload.len() as u64);
+        stats::add(&counter::bytes_sent, bytes);
         let counters = &self.counters;
         counters.delivered.fetch_add(delivered, Ordering::Relaxed);
         counters.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -239,43 +275,41 @@ impl RegistryInner {
         exclude: Option<u64>,
         to_write: &mut Vec<Arc<ConnShared>>,
     ) -> Vec<Arc<ConnShared>> {
+        self.offer_to(frame, size, to_write, |offer| {
+            self.members.lock().each(target, |conn| {
+                if Some(conn.id) != exclude {
+                    offer(conn);
+                }
+            });
+        })
+    }
+
+    /// `offer` to the members `each` hands over (with the members lock held, if it takes
+    /// it: the slow members are closed after it returns).
+    fn offer_to(
+        &self,
+        frame: &OutFrame,
+        size: usize,
+        to_write: &mut Vec<Arc<ConnShared>>,
+        each: impl FnOnce(&mut dyn FnMut(&Arc<ConnShared>)),
+    ) -> Vec<Arc<ConnShared>> {
         let mut slow: Vec<Arc<ConnShared>> = Vec::new();
         let mut delivered = 0;
         let mut dropped = 0;
         {
-            let members = self.members.lock();
-            let mut offer = |conn: &Arc<ConnShared>| {
-                if Some(conn.id) == exclude {
-                    return;
+            let mut offer = |conn: &Arc<ConnShared>| match conn.offer(frame.clone(), size) {
+                Offer::First => {
+                    delivered += 1;
+                    to_write.push(conn.clone());
                 }
-                match conn.offer(frame.clone(), size) {
-                    Offer::First => {
-                        delivered += 1;
-                        to_write.push(conn.clone());
-                    }
-                    Offer::Queued => delivered += 1,
-                    Offer::Ended => {}
-                    Offer::Full => match self.policy {
-                        SlowConsumer::Drop => dropped += 1,
-                        SlowConsumer::Close | SlowConsumer::Wait => slow.push(conn.clone()),
-                    },
-                }
+                Offer::Queued => delivered += 1,
+                Offer::Ended => {}
+                Offer::Full => match self.policy {
+                    SlowConsumer::Drop => dropped += 1,
+                    SlowConsumer::Close | SlowConsumer::Wait => slow.push(conn.clone()),
+                },
             };
-            match target {
-                Target::All => members.by_id.values().for_each(|m| offer(&m.conn)),
-                Target::Room(room) => {
-                    if let Some(ids) = members.rooms.get(room) {
-                        ids.iter()
-                            .filter_map(|id| members.by_id.get(id))
-                            .for_each(|m| offer(&m.conn));
-                    }
-                }
-                Target::One(id) => {
-                    if let Some(member) = members.by_id.get(id) {
-                        offer(&member.conn);
-                    }
-                }
-            }
+            each(&mut offer);
         }
         if self.policy == SlowConsumer::Wait {
             self.count(frame, delivered, dropped, 0);
@@ -289,6 +323,89 @@ impl RegistryInner {
         Vec::new()
     }
 }
+
+impl RegistryInner {
+    /// Deliver a burst: each run of two or more small messages for the same members goes
+    /// to them as one frame of the messages' bytes back to back (`deliver_run`), the rest
+    /// one by one.
+    async fn deliver_burst(&self, burst: &mut Vec<Delivery>, to_write: &mut Vec<Arc<ConnShared>>) {
+        let mut deliveries = burst.drain(..).peekable();
+        let mut run = Vec::new();
+        while let Some(first) = deliveries.next() {
+            let mut wire_len = first.frame.wire_len();
+            let runs = !matches!(first.target, Target::One(_)) && wire_len <= RUN_FRAME_MAX;
+            run.push(first);
+            while let Some(next) = deliveries.next_if(|next| {
+                runs && next.target == run[0].target
+                    && next.exclude == run[0].exclude
+                    && next.frame.wire_len() <= RUN_FRAME_MAX
+                    && wire_len + next.frame.wire_len() <= RUN_BYTES_MAX
+            }) {
+                wire_len += next.frame.wire_len();
+                run.push(next);
+            }
+            if run.len() == 1 {
+                self.deliver(run.pop().expect("one"), to_write).await;
+            } else {
+                self.deliver_run(&run, wire_len, to_write).await;
+                run.clear();
+            }
+        }
+    }
+
+    /// Offer `run`'s messages to their members as one frame. A member whose outbox cannot
+    /// take them all gets them one by one instead, each by the slow-consumer policy, as if
+    /// they had come apart.
+    async fn deliver_run(
+        &self,
+        run: &[Delivery],
+        wire_len: usize,
+        to_write: &mut Vec<Arc<ConnShared>>,
+    ) {
+        let mut wire = Vec::with_capacity(wire_len);
+        run.iter().for_each(|d| d.frame.encode_into(&mut wire));
+        let whole = OutFrame::encoded(wire.into());
+        let size: usize = run.iter().map(|d| d.size).sum();
+        let payload: u64 = run.iter().map(|d| d.frame.payload.len() as u64).sum();
+        let (target, exclude) = (&run[0].target, run[0].exclude);
+        let mut took = 0;
+        let mut apart = Vec::new();
+        self.members.lock().each(target, |conn| {
+            if Some(conn.id) == exclude {
+                return;
+            }
+            match conn.offer_whole(whole.clone(), size) {
+                Offer::First => {
+                    took += 1;
+                    to_write.push(conn.clone());
+                }
+                Offer::Queued => took += 1,
+                Offer::Ended => {}
+                Offer::Full => apart.push(conn.clone()),
+            }
+        });
+        self.count_bytes(took * payload, took * run.len() as u64, 0, 0);
+        for delivery in run {
+            if !apart.is_empty() {
+                let (frame, size) = (&delivery.frame, delivery.size);
+                let waiting = self.offer_to(frame, size, to_write, |offer| {
+                    apart.iter().for_each(offer);
+                });
+                if !waiting.is_empty() {
+                    write_offered(to_write);
+                    self.wait_for(waiting, frame, size).await;
+                }
+            }
+            self.release_backlog(delivery.size);
+        }
+    }
+}
+
+/// A message this big or bigger is never put in a run: copying it once more into the
+/// run's frame would cost more than the slices it saves.
+const RUN_FRAME_MAX: usize = 4096;
+/// A run's frame holds at most this many bytes.
+const RUN_BYTES_MAX: usize = 64 * 1024;
 
 /// Write the members a burst of offers reached, one `writev` each for all it queued.
 fn write_offered(to_write: &mut Vec<Arc<ConnShared>>) {
@@ -330,18 +447,20 @@ const BURST: usize = 64;
 
 async fn fan_out(registry: Weak<RegistryInner>, mut queue: mpsc::UnboundedReceiver<Delivery>) {
     let mut to_write = Vec::new();
+    let mut burst = Vec::new();
     while let Some(delivery) = queue.recv().await {
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        registry.deliver(delivery, &mut to_write).await;
-        // Deliver whatever else is already queued before writing and yielding.
-        for _ in 1..BURST {
+        // Deliver whatever else is already queued with it before writing and yielding.
+        burst.push(delivery);
+        while burst.len() < BURST {
             match queue.try_recv() {
-                Ok(delivery) => registry.deliver(delivery, &mut to_write).await,
+                Ok(delivery) => burst.push(delivery),
                 Err(_) => break,
             }
         }
+        registry.deliver_burst(&mut burst, &mut to_write).await;
         write_offered(&mut to_write);
     }
 }
