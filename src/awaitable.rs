@@ -45,7 +45,6 @@ impl Done {
         slf
     }
     fn __next__(&self) -> Option<Py<PyAny>> {
-        stats::bump(&counter::fast_completions);
         None
     }
 }
@@ -138,7 +137,7 @@ impl Op {
 
     fn finished(&self) {
         if !self.parked.load(Ordering::Relaxed) {
-            stats::bump(&counter::fast_completions);
+            self.hooks.tally.fast_completion();
         }
     }
 
@@ -301,7 +300,6 @@ unsafe extern "C" fn done_send(
     _sent: *mut ffi::PyObject,
     result: *mut *mut ffi::PyObject,
 ) -> ffi::PySendResult {
-    stats::bump(&counter::fast_completions);
     // SAFETY: as in `op_send`; the result is a new reference to None.
     unsafe { *result = Python::assume_attached().None().into_ptr() };
     ffi::PySendResult::PYGEN_RETURN

@@ -384,21 +384,21 @@ impl ConnShared {
         (queued, was_empty)
     }
 
-    /// Queue a frame sent on the loop thread: the caller has
+    /// Queue a frame sent on the loop thread: the caller counts it and has
     /// the server flush it (`flush_from_loop`) once the ready handlers have run. Returns
     /// the bytes now queued.
     pub fn enqueue(&self, frame: OutFrame) -> Result<usize, CloseInfo> {
         if self.is_ended() {
             return Err(self.close_info().unwrap_or_else(lost));
         }
-        stats::bump(&counter::messages_sent);
-        stats::add(&counter::bytes_sent, frame.payload.len() as u64);
         Ok(self.push(frame).0)
     }
 
     /// Whether this socket still has to be put on the server's flush list.
     pub fn needs_flush(&self) -> bool {
-        !self.flush_listed.swap(true, Ordering::AcqRel)
+        // Looked at first: once listed, the sends after the first cost no atomic swap.
+        !self.flush_listed.load(Ordering::Acquire)
+            && !self.flush_listed.swap(true, Ordering::AcqRel)
     }
 
     /// Called on the loop thread: write what handlers queued.

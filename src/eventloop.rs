@@ -17,8 +17,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::connection::ConnShared;
+use crate::stats::Tally;
 
-#[derive(Default)]
 pub struct LoopHooks {
     /// The running loop (what a parked awaitable's `get_loop` answers).
     event_loop: OnceLock<Py<PyAny>>,
@@ -30,6 +30,21 @@ pub struct LoopHooks {
     wrote_this_round: AtomicBool,
     /// A round is running: its end flushes, no `call_soon` is needed.
     in_round: AtomicBool,
+    /// What this loop's handlers did, counted (`stats::Tally`); drained by each flush.
+    pub tally: Arc<Tally>,
+}
+
+impl Default for LoopHooks {
+    fn default() -> Self {
+        Self {
+            event_loop: OnceLock::new(),
+            schedule_flush: OnceLock::new(),
+            to_flush: Mutex::new(Vec::new()),
+            wrote_this_round: AtomicBool::new(false),
+            in_round: AtomicBool::new(false),
+            tally: Tally::registered(),
+        }
+    }
 }
 
 impl LoopHooks {
@@ -110,6 +125,8 @@ impl LoopHooks {
         if list.is_empty() {
             *list = to_flush;
         }
+        drop(list);
+        self.tally.drain();
     }
 }
 

@@ -120,12 +120,14 @@ impl Connection {
     }
 
     /// True when this operation should first yield to the loop (rule: fairness).
+    /// A load and a store, not an atomic increment: only the thread holding the GIL
+    /// counts, and a lost count would only move a yield.
     fn fairness_yield(&self) -> bool {
-        if self.streak.fetch_add(1, Ordering::Relaxed) + 1 >= FAIR_BATCH {
-            self.streak.store(0, Ordering::Relaxed);
-            return true;
-        }
-        false
+        let streak = self.streak.load(Ordering::Relaxed) + 1;
+        let due = streak >= FAIR_BATCH;
+        self.streak
+            .store(if due { 0 } else { streak }, Ordering::Relaxed);
+        due
     }
 
     fn receive_op(&self, py: Python<'_>, kind: OpKind) -> PyResult<Py<PyAny>> {
@@ -153,9 +155,13 @@ impl Connection {
 
     fn send(&self, py: Python<'_>, frame: OutFrame) -> PyResult<Py<PyAny>> {
         self.require_accepted()?;
+        let bytes = frame.payload.len();
         let queued = self.shared.enqueue(frame);
-        if queued.is_ok() && self.shared.needs_flush() {
-            self.hooks.want_flush(py, &self.shared)?;
+        if queued.is_ok() {
+            self.hooks.tally.sent(bytes);
+            if self.shared.needs_flush() {
+                self.hooks.want_flush(py, &self.shared)?;
+            }
         }
         match queued {
             Err(info) => Err(disconnect_error(py, &info)),
@@ -168,7 +174,10 @@ impl Connection {
                 let op = Op::new(self.shared.clone(), &self.hooks, OpKind::Yield, true);
                 Ok(Py::new(py, op)?.into_any())
             }
-            Ok(_) => done(py),
+            Ok(_) => {
+                self.hooks.tally.fast_completion();
+                done(py)
+            }
         }
     }
 
