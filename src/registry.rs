@@ -297,17 +297,18 @@ impl RegistryInner {
         let mut delivered = 0;
         let mut dropped = 0;
         {
-            let mut offer = |conn: &Arc<ConnShared>| match conn.offer(frame.clone(), size) {
-                Offer::First => {
-                    delivered += 1;
-                    to_write.push(conn.clone());
+            let mut offer = |conn: &Arc<ConnShared>| {
+                if !took(
+                    conn.offer(frame.clone(), size),
+                    conn,
+                    &mut delivered,
+                    to_write,
+                ) {
+                    match self.policy {
+                        SlowConsumer::Drop => dropped += 1,
+                        SlowConsumer::Close | SlowConsumer::Wait => slow.push(conn.clone()),
+                    }
                 }
-                Offer::Queued => delivered += 1,
-                Offer::Ended => {}
-                Offer::Full => match self.policy {
-                    SlowConsumer::Drop => dropped += 1,
-                    SlowConsumer::Close | SlowConsumer::Wait => slow.push(conn.clone()),
-                },
             };
             each(&mut offer);
         }
@@ -368,23 +369,22 @@ impl RegistryInner {
         let size: usize = run.iter().map(|d| d.size).sum();
         let payload: u64 = run.iter().map(|d| d.frame.payload.len() as u64).sum();
         let (target, exclude) = (&run[0].target, run[0].exclude);
-        let mut took = 0;
+        let mut taken = 0;
         let mut apart = Vec::new();
         self.members.lock().each(target, |conn| {
             if Some(conn.id) == exclude {
                 return;
             }
-            match conn.offer_whole(whole.clone(), size) {
-                Offer::First => {
-                    took += 1;
-                    to_write.push(conn.clone());
-                }
-                Offer::Queued => took += 1,
-                Offer::Ended => {}
-                Offer::Full => apart.push(conn.clone()),
+            if !took(
+                conn.offer_whole(whole.clone(), size),
+                conn,
+                &mut taken,
+                to_write,
+            ) {
+                apart.push(conn.clone());
             }
         });
-        self.count_bytes(took * payload, took * run.len() as u64, 0, 0);
+        self.count_bytes(taken * payload, taken * run.len() as u64, 0, 0);
         for delivery in run {
             if !apart.is_empty() {
                 let (frame, size) = (&delivery.frame, delivery.size);
@@ -401,11 +401,31 @@ impl RegistryInner {
     }
 }
 
-/// A message this big or bigger is never put in a run: copying it once more into the
-/// run's frame would cost more than the slices it saves.
+/// A message bigger than this is never put in a run: copying it once more into the run's
+/// frame would cost more than the slices it saves.
 const RUN_FRAME_MAX: usize = 4096;
 /// A run's frame holds at most this many bytes.
 const RUN_BYTES_MAX: usize = 64 * 1024;
+
+/// Count an offer `conn` took in `delivered`, listing `conn` in `to_write` if nothing was
+/// queued ahead of it; false if its outbox was full (the caller's policy decides).
+fn took(
+    offer: Offer,
+    conn: &Arc<ConnShared>,
+    delivered: &mut u64,
+    to_write: &mut Vec<Arc<ConnShared>>,
+) -> bool {
+    match offer {
+        Offer::First => {
+            *delivered += 1;
+            to_write.push(conn.clone());
+        }
+        Offer::Queued => *delivered += 1,
+        Offer::Ended => {}
+        Offer::Full => return false,
+    }
+    true
+}
 
 /// Write the members a burst of offers reached, one `writev` each for all it queued.
 fn write_offered(to_write: &mut Vec<Arc<ConnShared>>) {
